@@ -1,0 +1,18 @@
+//! `cargo xtask docker`: multi-stage Docker builds whose stage caches live in a registry.
+//!
+//! The data flows one way: [`config`] (the Cargo.toml tables) -> [`dockerfile`] (the stage graph)
+//! -> [`plan`] (pure: the steps to run) -> [`engine`] (what the CLI and builder can do) -> [`exec`]
+//! (runs the steps) -> [`report`] (what happened).
+
+pub mod cli;
+pub mod config;
+pub mod dockerfile;
+pub mod engine;
+pub mod exec;
+pub mod plan;
+pub mod reference;
+pub mod report;
+pub mod template;
+pub mod workspace;
+
+pub use cli::Docker;

@@ -1,1 +1,42 @@
-fn main() {}
+//! This repository's tasks: `cargo xtask <task>` (see `cargo xtask --help`).
+
+use clap::{Parser, Subcommand};
+
+mod ci;
+mod demo;
+mod engine;
+mod test;
+
+/// This repository's tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "This repository's tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// One task.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build the images declared in `[package.metadata.docker]` (what users embed).
+    Docker(xtask_docker::Docker),
+    /// Install, start or stop the local engine and registry.
+    #[command(subcommand)]
+    Engine(engine::EngineTask),
+    /// Install the engines' tools, then run `cargo test --workspace [ARGS...]`.
+    Test(test::TestArgs),
+    /// What CI runs: rustfmt check, clippy, then the tests.
+    Ci(test::TestArgs),
+    /// Build the example service on a fresh engine, then on another fresh one from the registry cache.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Docker(docker) => docker.run(),
+        Task::Engine(task) => engine::run(task),
+        Task::Test(args) => test::run(&args),
+        Task::Ci(args) => ci::run(&args),
+        Task::Demo => demo::run(),
+    }
+}

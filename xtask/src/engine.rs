@@ -1,0 +1,102 @@
+//! `cargo xtask engine`: install the tools, or run one persistent engine and registry for
+//! working by hand.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use testbed::{Engine, EngineOptions, Registry, RegistryOptions};
+
+/// The persistent engine's directory; its socket is `sock` in there.
+pub const AGENT_DIR: &str = "/var/lib/xtask-docker/agent";
+
+/// The persistent registry's directory; its storage is `data` in there.
+pub const REGISTRY_DIR: &str = "/var/lib/xtask-docker/registry";
+
+/// The persistent registry's port on 127.0.0.1 (the example service's images name it).
+pub const REGISTRY_PORT: u16 = 5000;
+
+/// `engine` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EngineTask {
+    /// Install what is missing: Debian 12's docker.io, docker-registry, busybox-static, iptables,
+    /// apache2-utils, and the buildx plugin from Debian 13.
+    Install,
+    /// Start one engine (data in /var/lib/xtask-docker/agent) and a registry on 127.0.0.1:5000
+    /// that keep running; print the `DOCKER_HOST` to use.
+    Up,
+    /// Stop what `engine up` started (data and images are kept).
+    Down,
+}
+
+/// Runs an `engine` subcommand.
+pub fn run(task: EngineTask) -> Result<()> {
+    match task {
+        EngineTask::Install => testbed::install::install_all(),
+        EngineTask::Up => up(),
+        EngineTask::Down => down(),
+    }
+}
+
+fn host() -> String {
+    format!("unix://{AGENT_DIR}/sock")
+}
+
+fn up() -> Result<()> {
+    testbed::install::install_all()?;
+    let tools = testbed::require().context("the engine's tools are missing")?;
+    match Engine::running_in(Path::new(AGENT_DIR)) {
+        Some(pid) => println!("engine up: engine already running in `{AGENT_DIR}` (pid `{pid}`)"),
+        None => {
+            let engine = Engine::start(
+                &tools,
+                EngineOptions {
+                    dir: Some(AGENT_DIR.into()),
+                    ..EngineOptions::default()
+                },
+            )?;
+            let pid = engine.detach();
+            println!("engine up: engine started in `{AGENT_DIR}` (pid `{pid}`)");
+        }
+    }
+    match Registry::running_in(Path::new(REGISTRY_DIR)) {
+        Some(pid) => println!(
+            "engine up: registry already running on `127.0.0.1:{REGISTRY_PORT}` (pid `{pid}`)"
+        ),
+        None => {
+            let registry = Registry::start(
+                &tools,
+                RegistryOptions {
+                    dir: Some(REGISTRY_DIR.into()),
+                    port: Some(REGISTRY_PORT),
+                    auth: None,
+                },
+            )?;
+            let addr = registry.addr();
+            let pid = registry.detach().unwrap_or_default();
+            println!("engine up: registry started on `{addr}` (pid `{pid}`), storage in `{REGISTRY_DIR}/data`");
+        }
+    }
+    println!("export DOCKER_HOST={}", host());
+    Ok(())
+}
+
+fn down() -> Result<()> {
+    let mut stopped = false;
+    if Path::new(AGENT_DIR).exists() && Engine::stop_in(Path::new(AGENT_DIR))? {
+        println!("engine down: engine in `{AGENT_DIR}` stopped");
+        stopped = true;
+    }
+    if Path::new(REGISTRY_DIR).exists() && Registry::stop_in(Path::new(REGISTRY_DIR))? {
+        println!("engine down: registry on `127.0.0.1:{REGISTRY_PORT}` stopped");
+        stopped = true;
+    }
+    if !stopped {
+        println!("engine down: nothing was running");
+    }
+    let cleaned = testbed::clean_leftovers();
+    if cleaned > 0 {
+        println!("engine down: removed {cleaned} directories left by killed test runs");
+    }
+    Ok(())
+}

@@ -1,1 +1,185 @@
-//! TODO
+//! What the docker CLI and its daemon can do: the preflight before any work, and the small
+//! probes the executor asks.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::bail;
+
+/// The docker CLI: `$DOCKER` when set, else `docker`.
+pub fn docker_program() -> String {
+    std::env::var("DOCKER")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "docker".to_string())
+}
+
+/// A docker CLI whose daemon answered.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// The CLI.
+    pub docker: String,
+    /// The CLI's version.
+    pub client_version: String,
+    /// The daemon's version.
+    pub server_version: String,
+}
+
+/// How long a probe may take: a daemon that does not answer in this time is not usable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Checks, before any work, that `docker` is the Docker CLI, can do BuildKit builds, and
+/// reaches its daemon.
+pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
+    let output = match probe(docker, &["--version"]) {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "the docker CLI `{docker}` was not found\nnote: install Docker, or set `DOCKER` to the CLI's path"
+        ),
+        Err(e) => bail!("cannot run the docker CLI `{docker}`: {e}"),
+    };
+    let version_line = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let Some(client_version) = version_line
+        .strip_prefix("Docker version ")
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .map(str::to_string)
+    else {
+        if version_line.to_ascii_lowercase().contains("podman") {
+            bail!("`{docker}` is Podman (`{version_line}`), which is not supported yet\nnote: set `DOCKER` to the Docker CLI");
+        }
+        bail!("`{docker}` is not the Docker CLI: `{docker} --version` says `{version_line}`\nnote: set `DOCKER` to the Docker CLI");
+    };
+
+    // From Docker 23 on, `docker build` with BuildKit is the buildx plugin.
+    let major: u32 = client_version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major >= 23 {
+        let buildx = probe(docker, &["buildx", "version"]);
+        if !buildx.as_ref().is_ok_and(|o| o.status.success()) {
+            bail!(
+                "the Docker CLI `{docker}` ({client_version}) needs the buildx plugin for BuildKit builds, and it is missing\nnote: install the plugin (Docker's `docker-buildx-plugin` or Debian's `docker-buildx` package), or set `DOCKER` to a CLI older than 23"
+            );
+        }
+    }
+
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".to_string());
+    let server = probe(docker, &["version", "--format", "{{.Server.Version}}"])
+        .map_err(|e| anyhow::anyhow!("cannot reach the Docker daemon at {host}: {e}"))?;
+    let server_version = String::from_utf8_lossy(&server.stdout).trim().to_string();
+    if !server.status.success() || server_version.is_empty() {
+        let why = String::from_utf8_lossy(&server.stderr);
+        let why = why
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no answer");
+        bail!("cannot reach the Docker daemon at {host}: {why}\nnote: start the daemon, or set `DOCKER_HOST` to where it listens");
+    }
+    Ok(Engine {
+        docker: docker.to_string(),
+        client_version,
+        server_version,
+    })
+}
+
+impl Engine {
+    /// Every `repository:tag` the engine holds.
+    pub fn local_tags(&self) -> anyhow::Result<Vec<String>> {
+        let out = probe(
+            &self.docker,
+            &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "`{} image ls` failed: {}",
+                self.docker,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Whether the registry holds `image`; the error is the CLI's message.
+    pub fn registry_has(&self, image: &str) -> Result<bool, String> {
+        let mut args = vec!["manifest", "inspect"];
+        // The CLI, unlike the daemon, speaks HTTPS even to a registry on loopback.
+        if is_loopback_registry(image) {
+            args.push("--insecure");
+        }
+        args.push(image);
+        let out = probe(&self.docker, &args).map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        match crate::diagnose::RegistryProblem::classify(&message) {
+            crate::diagnose::RegistryProblem::NotFound => Ok(false),
+            _ => Err(message),
+        }
+    }
+}
+
+/// Whether `image` lives on a registry that engines treat as insecure (plain HTTP) by default.
+pub fn is_loopback_registry(image: &str) -> bool {
+    let domain = image.split('/').next().unwrap_or("");
+    if !image.contains('/') {
+        return false;
+    }
+    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h);
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Runs `docker ARGS` to completion with a time limit, capturing its output.
+fn probe(docker: &str, args: &[&str]) -> std::io::Result<Output> {
+    let child = Command::new(docker)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PROBE_TIMEOUT) {
+        Ok(result) => result,
+        Err(_) => {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "`{docker} {}` did not answer within {}s",
+                    args.join(" "),
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_loopback_registries() {
+        assert!(is_loopback_registry("127.0.0.1:5000/a:b"));
+        assert!(is_loopback_registry("localhost:5000/a:b"));
+        assert!(is_loopback_registry("localhost/a:b"));
+        assert!(!is_loopback_registry("ghcr.io/acme/a:b"));
+        assert!(!is_loopback_registry("localhost:latest"));
+        assert!(!is_loopback_registry("127.example.com/a:b"));
+    }
+}

@@ -6,10 +6,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod diagnose;
 pub mod dockerfile;
 pub mod engine;
 pub mod exec;
+pub mod git;
+pub mod package;
 pub mod plan;
+pub mod progress;
 pub mod reference;
 pub mod report;
 pub mod template;

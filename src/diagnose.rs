@@ -1,0 +1,117 @@
+//! Puts docker's and BuildKit's registry error messages into classes a user can act on.
+
+/// Why a registry operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryProblem {
+    /// The image is not there yet: the first build, or a new cache tag.
+    NotFound,
+    /// The registry refused, which it also does for repositories that do not exist.
+    DeniedOrMissing,
+    /// Credentials are missing, wrong or expired.
+    Authentication,
+    /// The registry could not be reached.
+    Unreachable,
+    /// The registry asked to slow down.
+    RateLimited,
+    /// HTTPS was expected and HTTP answered, or the certificate is not trusted.
+    Tls,
+    /// Anything else.
+    Other,
+}
+
+impl RegistryProblem {
+    /// Classifies a message (the whole stderr of a failed command is fine).
+    pub fn classify(message: &str) -> RegistryProblem {
+        let m = message.to_ascii_lowercase();
+        let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+        // Order matters: "pull access denied ... may require 'docker login'" is about access,
+        // not about a missing image, even though it says "does not exist".
+        if has(&[
+            "http response to https client",
+            "x509:",
+            "certificate signed by unknown authority",
+            "tls: ",
+        ]) {
+            RegistryProblem::Tls
+        } else if has(&["toomanyrequests", "429 too many requests", "rate limit"]) {
+            RegistryProblem::RateLimited
+        } else if has(&[
+            "pull access denied",
+            "insufficient_scope",
+            "denied: requested access",
+            "403 forbidden",
+            "denied:",
+        ]) {
+            RegistryProblem::DeniedOrMissing
+        } else if has(&[
+            "unauthorized",
+            "authentication required",
+            "401 unauthorized",
+            "no basic auth credentials",
+            "token expired",
+        ]) {
+            RegistryProblem::Authentication
+        } else if has(&[
+            "connection refused",
+            "no such host",
+            "i/o timeout",
+            "timeout exceeded",
+            "network is unreachable",
+            "connection reset",
+            "dial tcp",
+        ]) {
+            RegistryProblem::Unreachable
+        } else if has(&[
+            "manifest unknown",
+            "not found",
+            "no such manifest",
+            "name unknown",
+        ]) {
+            RegistryProblem::NotFound
+        } else {
+            RegistryProblem::Other
+        }
+    }
+
+    /// What it means for a cache image that was to be read.
+    pub fn describe(self, image: &str) -> String {
+        match self {
+            RegistryProblem::NotFound => format!("no cache yet: `{image}` is not in the registry"),
+            RegistryProblem::DeniedOrMissing => format!(
+                "access to `{image}` was denied: either it does not exist or these credentials may not read it"
+            ),
+            RegistryProblem::Authentication => format!("the registry of `{image}` wants credentials (`docker login`)"),
+            RegistryProblem::Unreachable => format!("the registry of `{image}` could not be reached"),
+            RegistryProblem::RateLimited => format!("the registry of `{image}` is rate-limiting"),
+            RegistryProblem::Tls => format!(
+                "TLS with the registry of `{image}` failed\nnote: for a registry without TLS, list it in the daemon's `insecure-registries`"
+            ),
+            RegistryProblem::Other => format!("`{image}` could not be used"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RegistryProblem::{self, *};
+
+    #[test]
+    fn classifies_real_messages() {
+        let cases = [
+            // docker pull on the 20.10 CLI against Debian's registry, here.
+            ("Error response from daemon: manifest for 127.0.0.1:5055/svc:nope not found: manifest unknown: manifest unknown", NotFound),
+            ("no such manifest: 127.0.0.1:5055/svc:nope", NotFound),
+            ("Error response from daemon: pull access denied for acme/x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", DeniedOrMissing),
+            ("Error response from daemon: Head \"http://127.0.0.1:5056/v2/svc/manifests/dev\": no basic auth credentials", Authentication),
+            ("unauthorized: authentication required", Authentication),
+            ("Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused", Unreachable),
+            ("toomanyrequests: You have reached your pull rate limit.", RateLimited),
+            ("http: server gave HTTP response to HTTPS client", Tls),
+            ("x509: certificate signed by unknown authority", Tls),
+            ("something else entirely", Other),
+        ];
+        for (message, class) in cases {
+            assert_eq!(RegistryProblem::classify(message), class, "{message}");
+        }
+    }
+}

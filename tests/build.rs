@@ -1,0 +1,221 @@
+//! `docker build` end to end: real engines (each a fresh CI agent), a real registry, and both
+//! docker CLIs. Skipped where no engine can be had, except under `CI`, where that fails.
+
+mod support;
+
+use std::path::Path;
+
+use support::{service, step_cached, tool};
+
+/// The tags the example service's build must leave in the registry.
+const TAGS: [&str; 4] = ["compile", "dev", "0.3.1", "latest"];
+
+/// Build and push on one agent, then on a second and a third empty agent: the later ones build
+/// nothing, every step coming from the registry's cache. Three generations, because inline cache
+/// has been known to hit only every other build.
+fn three_generations(cli: &Path) {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = service(&tools, &registry);
+    let manifest = manifest.to_str().unwrap();
+    let build = ["build", "--manifest-path", manifest, "--push"];
+
+    let first = tools.engine().unwrap();
+    let cold = tool(cli, &first, &build);
+    cold.assert_ok();
+    assert_eq!(
+        cold.cached("service", "compile").0,
+        0,
+        "a cold build ran its steps:\n{}",
+        cold.stderr
+    );
+    first.stop();
+    let mut tags = registry.tags("acme/service").unwrap();
+    tags.sort();
+    let mut expected = TAGS.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(tags, expected);
+
+    for generation in [2, 3] {
+        let agent = tools.engine().unwrap();
+        let run = tool(cli, &agent, &build);
+        run.assert_ok();
+        for stage in ["compile", "runtime"] {
+            let (cached, steps) = run.cached("service", stage);
+            assert!(
+                steps > 0 && cached == steps,
+                "generation {generation}, stage {stage}: {cached}/{steps} cached:\n{}",
+                run.stderr
+            );
+        }
+        // Straight from BuildKit's own output: the expensive step and the cross-stage copy.
+        assert!(
+            step_cached(&run.stderr, "[compile 3/5] RUN sleep 2"),
+            "generation {generation}:\n{}",
+            run.stderr
+        );
+        assert!(
+            step_cached(&run.stderr, "[runtime 1/1] COPY --from=compile"),
+            "generation {generation}:\n{}",
+            run.stderr
+        );
+        // The final image is in the agent's engine and every tag is in the registry.
+        let inspect = std::process::Command::new(cli)
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                &format!("{}/acme/service:0.3.1", registry.addr()),
+            ])
+            .env("DOCKER_HOST", agent.host())
+            .output()
+            .unwrap();
+        assert!(
+            inspect.status.success(),
+            "{}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+        for tag in TAGS {
+            assert!(
+                registry
+                    .manifest_digest("acme/service", tag)
+                    .unwrap()
+                    .is_some(),
+                "`{tag}` is not in the registry"
+            );
+        }
+        agent.stop();
+    }
+}
+
+#[test]
+fn three_generations_with_the_20_10_cli() {
+    if let Some(tools) = testbed::require() {
+        three_generations(&tools.cli20);
+    }
+}
+
+#[test]
+fn three_generations_with_the_modern_cli_and_buildx() {
+    if let Some(tools) = testbed::require() {
+        three_generations(&tools.cli28);
+    }
+}
+
+#[test]
+fn a_failing_build_names_stage_package_and_command() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = service(&tools, &registry);
+    let dockerfile = manifest.with_file_name("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(
+        &dockerfile,
+        text.replace("RUN mkdir -p /out", "RUN false && mkdir -p /out"),
+    )
+    .unwrap();
+    let agent = tools.engine().unwrap();
+    let run = tool(
+        &tools.cli28,
+        &agent,
+        &[
+            "build",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "--push",
+        ],
+    );
+    assert!(!run.output.status.success());
+    assert!(
+        run.stderr
+            .contains("the build of stage `compile` of package `service` failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("command: DOCKER_BUILDKIT=1 "),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("Finished"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    // Nothing was pushed: the failed stage was the first.
+    assert_eq!(registry.tags("acme/service").unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn preflight_names_a_dead_daemon_and_a_missing_cli() {
+    // Needs no engine: that is the point.
+    let dir = testbed::temp_dir("preflight").unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/Cargo.toml");
+    let manifest = manifest.to_str().unwrap();
+    let run = |docker: &str, host: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+            .args(["docker", "build", "--manifest-path", manifest])
+            .env("DOCKER", docker)
+            .env("DOCKER_HOST", host)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dead = format!("unix://{}/dead.sock", dir.display());
+    let (ok, stderr) = run("/usr/bin/docker", &dead);
+    if Path::new("/usr/bin/docker").exists() {
+        assert!(!ok);
+        assert!(
+            stderr.contains(&format!("cannot reach the Docker daemon at {dead}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("Building"), "{stderr}");
+    }
+    let (ok, stderr) = run("/nonexistent/docker", &dead);
+    assert!(!ok);
+    assert!(
+        stderr.contains("the docker CLI `/nonexistent/docker` was not found"),
+        "{stderr}"
+    );
+    // A program that is not the Docker CLI.
+    let (ok, stderr) = run("true", &dead);
+    assert!(!ok);
+    assert!(stderr.contains("`true` is not the Docker CLI"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_needs_no_engine() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/Cargo.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+        .args([
+            "docker",
+            "build",
+            "--dry-run",
+            "--push",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ])
+        .env("DOCKER", "/nonexistent/docker")
+        .env("DOCKER_HOST", "unix:///nonexistent.sock")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines.len(),
+        2 + 2 + 2,
+        "two builds, two cache pushes, two final tags:\n{stdout}"
+    );
+    assert!(lines[0].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile"), "{stdout}");
+}

@@ -1,0 +1,167 @@
+//! Loading `[package.metadata.docker]` from real Cargo workspaces (made in temp folders) and
+//! the errors for every kind of bad input: each names the key, stage or path at fault.
+
+use std::path::{Path, PathBuf};
+
+use xtask_docker::cli::SelectArgs;
+use xtask_docker::workspace;
+
+const DOCKERFILE: &str = "\
+FROM scratch AS toolchain
+COPY busybox /bin/busybox
+FROM toolchain AS compile
+RUN make
+FROM toolchain AS runtime
+COPY --from=compile /out /out
+";
+
+/// A workspace of one package `svc` 1.2.3 with `table` under `[package.metadata.docker]`.
+fn workspace(table: &str, dockerfile: Option<&str>) -> PathBuf {
+    let dir = testbed::temp_dir("config").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"svc\"\nversion = \"1.2.3\"\nedition = \"2021\"\n\n[lib]\npath = \"lib.rs\"\n\n[package.metadata.docker]\n{table}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib.rs"), "").unwrap();
+    if let Some(text) = dockerfile {
+        std::fs::write(dir.join("Dockerfile"), text).unwrap();
+    }
+    dir
+}
+
+fn load(dir: &Path, packages: &[&str]) -> anyhow::Result<Vec<xtask_docker::package::Package>> {
+    workspace::load(&SelectArgs {
+        packages: packages.iter().map(|p| p.to_string()).collect(),
+        manifest_path: Some(dir.join("Cargo.toml")),
+    })
+}
+
+/// The whole error chain, with the temp folder replaced by `DIR`.
+fn error(table: &str, dockerfile: Option<&str>) -> String {
+    let dir = workspace(table, dockerfile);
+    let message = format!("{:#}", load(&dir, &[]).unwrap_err());
+    let _ = std::fs::remove_dir_all(&dir);
+    message.replace(dir.to_str().unwrap(), "DIR")
+}
+
+#[test]
+fn a_valid_table_loads_with_defaults() {
+    let dir = workspace(
+        "image = \"127.0.0.1:5000/acme/svc\"\nstages = { compile = \"compile\" }",
+        Some(DOCKERFILE),
+    );
+    let packages = load(&dir, &[]).unwrap();
+    assert_eq!(packages.len(), 1);
+    let package = &packages[0];
+    assert_eq!(
+        package.config.cache_image.as_str(),
+        "127.0.0.1:5000/acme/svc"
+    );
+    assert_eq!(
+        package
+            .config
+            .tags
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>(),
+        ["latest"]
+    );
+    assert_eq!(package.graph.label(package.target), "runtime");
+    assert_eq!(package.config.dockerfile, dir.join("Dockerfile"));
+    // The final target is cached under its own name.
+    let cached: Vec<(String, String)> = package
+        .cached
+        .iter()
+        .map(|(s, t)| (package.graph.label(*s), t.to_string()))
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("compile".into(), "compile".into()),
+            ("runtime".into(), "runtime".into())
+        ]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn errors_name_the_culprit() {
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        (
+            "image = \"a/b\"\nimagee = \"x\"",
+            Some(DOCKERFILE),
+            "unknown field `imagee`, expected one of",
+        ),
+        ("image = \"a/b\"\nimagee = \"x\"", Some(DOCKERFILE), "note: the keys are image, dockerfile"),
+        ("image = \"a/b\"\ntags = \"latest\"", Some(DOCKERFILE), "invalid type: string \"latest\", expected a sequence"),
+        ("stages = {}", Some(DOCKERFILE), "key `image` is missing"),
+        ("image = \"Acme/B\"", Some(DOCKERFILE), "key `image`:"),
+        ("image = \"acme/b:1.0\"", Some(DOCKERFILE), "key `image`:"),
+        ("image = \"a/b\"\ncache-image = \"-x\"", Some(DOCKERFILE), "key `cache-image`:"),
+        ("image = \"a/b\"", None, "key `dockerfile`: `DIR/Dockerfile` is not a file"),
+        ("image = \"a/b\"\ncontext = \"nowhere\"", Some(DOCKERFILE), "key `context`: `DIR/nowhere` is not a folder"),
+        ("image = \"a/b\"\ntarget = \"runtme\"", Some(DOCKERFILE), "key `target`: `DIR/Dockerfile` has no stage `runtme`\nnote: its stages are `toolchain`, `compile`, `runtime`"),
+        ("image = \"a/b\"\ntarget = \"-x\"", Some(DOCKERFILE), "key `target`: `-x` starts with `-`"),
+        ("image = \"a/b\"\nstages = { compil = \"c\" }", Some(DOCKERFILE), "key `stages.compil`: `DIR/Dockerfile` has no stage `compil`"),
+        ("image = \"a/b\"\nstages = { \"-compile\" = \"c\" }", Some(DOCKERFILE), "key `stages`: `-compile` starts with `-`"),
+        ("image = \"a/b\"\nstages = { compile = \"-c\" }", Some(DOCKERFILE), "key `stages.compile`:"),
+        ("image = \"a/b\"\nstages = { compile = \"c-{git_sha}\" }", Some(DOCKERFILE), "key `stages.compile`: `c-{git_sha}` may not use `{git_sha}`"),
+        ("image = \"a/b\"\ntags = [\"{commit}\"]", Some(DOCKERFILE), "key `tags`: `{commit}` uses unknown placeholder `{commit}`"),
+        ("image = \"a/b\"\ntags = [\"v{version\"]", Some(DOCKERFILE), "key `tags`: `v{version` has a `{` without `}`"),
+        ("image = \"a/b\"\ntags = []", Some(DOCKERFILE), "key `tags` is empty"),
+        ("image = \"a/b\"\nbuild-args = { \"-X\" = \"1\" }", Some(DOCKERFILE), "key `build-args`: `-X` is not a build argument name"),
+        ("image = \"a/b\"\nbuild-args = { X = 1 }", Some(DOCKERFILE), "invalid type: integer `1`, expected a string"),
+        ("image = \"a/b\"\nnetwork = \"--privileged\"", Some(DOCKERFILE), "key `network`: `--privileged` starts with `-`"),
+        ("image = \"a/b\"", Some("FROM scratch AS a\nCOPY --from=b / /\nFROM scratch AS b\nCOPY --from=a / /\n"), "cycle"),
+        ("image = \"a/b\"", Some("# nothing here\n"), "cannot read the stages of `DIR/Dockerfile`"),
+    ];
+    for (table, dockerfile, expected) in cases {
+        let message = error(table, *dockerfile);
+        assert!(
+            message.contains(expected),
+            "for table\n{table}\nexpected `{expected}` in:\n{message}"
+        );
+        assert!(
+            message.contains("package `svc`") || message.contains("DIR"),
+            "no package or path named in:\n{message}"
+        );
+    }
+}
+
+#[test]
+fn selecting_packages() {
+    let dir = workspace("image = \"a/b\"", Some(DOCKERFILE));
+    let message = format!("{:#}", load(&dir, &["nope"]).unwrap_err());
+    assert!(
+        message.contains("package `nope` is not in the workspace\nnote: its packages are `svc`"),
+        "{message}"
+    );
+    assert_eq!(load(&dir, &["svc"]).unwrap().len(), 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_workspace_without_tables_is_an_error() {
+    let dir = workspace("", Some(DOCKERFILE));
+    // An empty table is still a table; take it away entirely.
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        manifest.replace("[package.metadata.docker]\n", ""),
+    )
+    .unwrap();
+    let message = format!("{:#}", load(&dir, &[]).unwrap_err());
+    assert!(
+        message.contains("has a `[package.metadata.docker]` table"),
+        "{message}"
+    );
+    let message = format!("{:#}", load(&dir, &["svc"]).unwrap_err());
+    assert!(
+        message.contains("package `svc` has no `[package.metadata.docker]` table"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,4 +1,8 @@
 //! The `[package.metadata.docker]` table: first the raw serde model, then the validated config.
+//!
+//! `[workspace.metadata.docker]` takes the same keys and gives every member its defaults; a
+//! member's own keys win, and tables merge key by key. Merging comes first, validation after, so
+//! `image` is required of the merged table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +13,8 @@ use serde::Deserialize;
 use crate::reference::Repository;
 use crate::template::{Placeholder, Template};
 
-/// The table exactly as written; every key is optional here so that later layers (workspace
-/// defaults) can fill it before it is validated.
+/// The table exactly as written; every key is optional here so that workspace defaults can fill
+/// it before it is validated.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawConfig {
@@ -30,10 +34,56 @@ pub struct RawConfig {
     pub build_args: Option<BTreeMap<String, String>>,
     /// `--network` of every build.
     pub network: Option<String>,
-    /// `--platform` of every build.
-    pub platform: Option<String>,
+    /// `--platform` of every build: one, or a list for a multi-platform image.
+    pub platform: Option<OneOrMany>,
     /// Cached stage -> tag of its cache image.
     pub stages: Option<BTreeMap<String, String>>,
+    /// `"inline"` or `"registry"`.
+    pub cache: Option<String>,
+    /// The tag of the registry cache (`cache = "registry"`).
+    pub cache_tag: Option<String>,
+    /// The branch whose caches other branches fall back to.
+    pub default_branch: Option<String>,
+    /// `"required"` or `"best-effort"`: whether a failed cache push fails the run.
+    pub push_cache: Option<String>,
+    /// buildx's `--provenance`: `true`, `false`, or its own value such as `"mode=max"`.
+    pub provenance: Option<BoolOrString>,
+    /// buildx's `--sbom`: `true`, `false`, or its own value.
+    pub sbom: Option<BoolOrString>,
+    /// Build secrets: id -> where the value comes from.
+    pub secrets: Option<BTreeMap<String, RawSecret>>,
+    /// Labels of the final image, added to or replacing the OCI labels made from Cargo.toml.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// A list.
+    Many(Vec<String>),
+}
+
+/// A boolean or a string.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum BoolOrString {
+    /// `true` or `false`.
+    Bool(bool),
+    /// Anything the flag takes.
+    String(String),
+}
+
+/// Where a secret comes from: `{ env = "NAME" }` or `{ file = "path" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// An environment variable of the docker CLI.
+    pub env: Option<String>,
+    /// A file, relative to the package's directory; `~/` is the home folder.
+    pub file: Option<String>,
 }
 
 /// The keys of the table, for messages that list them.
@@ -48,7 +98,42 @@ pub const KEYS: &[&str] = &[
     "network",
     "platform",
     "stages",
+    "cache",
+    "cache-tag",
+    "default-branch",
+    "push-cache",
+    "provenance",
+    "sbom",
+    "secrets",
+    "labels",
 ];
+
+/// How stage caches are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Each cached stage's image carries its own cache (`BUILDKIT_INLINE_CACHE=1`).
+    Inline,
+    /// One BuildKit registry cache (`--cache-to type=registry,mode=max`) holds every stage.
+    Registry,
+}
+
+/// Whether a cache push that fails fails the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushCache {
+    /// It does.
+    Required,
+    /// It is a warning (a pull request from a fork has no credentials).
+    BestEffort,
+}
+
+/// Where a secret's value comes from. Only the name or path is ever held, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// An environment variable, read by the docker CLI.
+    Env(String),
+    /// A file, read by the docker CLI.
+    File(PathBuf),
+}
 
 /// A package's validated configuration; paths are absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,13 +160,29 @@ pub struct Config {
     pub build_args: BTreeMap<String, String>,
     /// `--network`.
     pub network: Option<String>,
-    /// `--platform`.
-    pub platform: Option<String>,
+    /// `--platform`: none, one, or several (a multi-platform image).
+    pub platforms: Vec<String>,
     /// Cached stage (as written) -> cache tag.
     pub stages: BTreeMap<String, Template>,
+    /// How caches are stored.
+    pub cache: CacheMode,
+    /// The registry cache's tag.
+    pub cache_tag: Template,
+    /// The branch other branches' caches fall back to.
+    pub default_branch: String,
+    /// Whether a failed cache push fails the run.
+    pub push_cache: PushCache,
+    /// `--provenance`, when set.
+    pub provenance: Option<String>,
+    /// `--sbom`, when set.
+    pub sbom: Option<String>,
+    /// Build secrets by id.
+    pub secrets: BTreeMap<String, Secret>,
+    /// Labels that add to or replace the OCI labels.
+    pub labels: BTreeMap<String, String>,
 }
 
-/// Where a table comes from, for error messages and path resolution.
+/// Where a table comes from, for error messages, placeholders and path resolution.
 #[derive(Debug, Clone)]
 pub struct Origin {
     /// The package's name.
@@ -90,10 +191,12 @@ pub struct Origin {
     pub version: String,
     /// The package's Cargo.toml.
     pub manifest_path: PathBuf,
+    /// The workspace root, for `{workspace}` in paths.
+    pub workspace_root: PathBuf,
 }
 
 impl RawConfig {
-    /// Reads the table from `cargo metadata`'s JSON for one package.
+    /// Reads a table from `cargo metadata`'s JSON.
     pub fn from_json(value: &serde_json::Value) -> Result<RawConfig, String> {
         RawConfig::deserialize(value).map_err(|e| {
             let text = e.to_string();
@@ -105,6 +208,45 @@ impl RawConfig {
         })
     }
 
+    /// This table over `defaults`: its own keys win, and tables merge key by key.
+    pub fn over(self, defaults: &RawConfig) -> RawConfig {
+        fn table<V: Clone>(
+            own: Option<BTreeMap<String, V>>,
+            defaults: &Option<BTreeMap<String, V>>,
+        ) -> Option<BTreeMap<String, V>> {
+            match (own, defaults) {
+                (None, d) => d.clone(),
+                (Some(own), None) => Some(own),
+                (Some(own), Some(d)) => {
+                    let mut merged = d.clone();
+                    merged.extend(own);
+                    Some(merged)
+                }
+            }
+        }
+        let d = defaults.clone();
+        RawConfig {
+            image: self.image.or(d.image),
+            dockerfile: self.dockerfile.or(d.dockerfile),
+            context: self.context.or(d.context),
+            target: self.target.or(d.target),
+            tags: self.tags.or(d.tags),
+            cache_image: self.cache_image.or(d.cache_image),
+            build_args: table(self.build_args, &defaults.build_args),
+            network: self.network.or(d.network),
+            platform: self.platform.or(d.platform),
+            stages: table(self.stages, &defaults.stages),
+            cache: self.cache.or(d.cache),
+            cache_tag: self.cache_tag.or(d.cache_tag),
+            default_branch: self.default_branch.or(d.default_branch),
+            push_cache: self.push_cache.or(d.push_cache),
+            provenance: self.provenance.or(d.provenance),
+            sbom: self.sbom.or(d.sbom),
+            secrets: table(self.secrets, &defaults.secrets),
+            labels: table(self.labels, &defaults.labels),
+        }
+    }
+
     /// Validates the table: every error names the key, stage or path at fault.
     pub fn validate(self, origin: &Origin) -> anyhow::Result<Config> {
         let manifest_dir = origin
@@ -112,22 +254,34 @@ impl RawConfig {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let image = self
-            .image
-            .context("key `image` is missing\nnote: it names the final image's repository, e.g. `image = \"ghcr.io/acme/service\"`")?;
-        let image = Repository::parse(&image).map_err(|e| anyhow::anyhow!("key `image`: {e}"))?;
-        let cache_image = match self.cache_image {
-            Some(c) => {
-                Repository::parse(&c).map_err(|e| anyhow::anyhow!("key `cache-image`: {e}"))?
-            }
+        // `{package}` lets one workspace default serve every member.
+        let fill = |text: &str| text.replace("{package}", &origin.package);
+        let repository = |key: &str, value: &str| {
+            Repository::parse(&fill(value)).map_err(|e| anyhow::anyhow!("key `{key}`: {e}"))
+        };
+        let image = self.image.context(
+            "key `image` is missing\nnote: it names the final image's repository, e.g. `image = \"ghcr.io/acme/service\"`",
+        )?;
+        let image = repository("image", &image)?;
+        let cache_image = match &self.cache_image {
+            Some(c) => repository("cache-image", c)?,
             None => image.clone(),
         };
 
-        let dockerfile = manifest_dir.join(self.dockerfile.as_deref().unwrap_or("Dockerfile"));
+        let path = |value: Option<&str>, default: &str| {
+            let value = fill(value.unwrap_or(default));
+            let value = value.replace("{workspace}", &origin.workspace_root.to_string_lossy());
+            if value == "." {
+                manifest_dir.clone()
+            } else {
+                manifest_dir.join(value)
+            }
+        };
+        let dockerfile = path(self.dockerfile.as_deref(), "Dockerfile");
         if !dockerfile.is_file() {
             bail!("key `dockerfile`: `{}` is not a file", dockerfile.display());
         }
-        let context = manifest_dir.join(self.context.as_deref().unwrap_or("."));
+        let context = path(self.context.as_deref(), ".");
         if !context.is_dir() {
             bail!("key `context`: `{}` is not a folder", context.display());
         }
@@ -156,12 +310,21 @@ impl RawConfig {
                 bail!("key `build-args`: `{name}` is not a build argument name");
             }
         }
-        for (key, value) in [("network", &self.network), ("platform", &self.platform)] {
-            if let Some(value) = value {
-                not_a_flag(key, value)?;
-                if value.is_empty() {
-                    bail!("key `{key}` is empty");
-                }
+        if let Some(network) = &self.network {
+            plain_value("network", network)?;
+        }
+        let platforms = match self.platform {
+            None => Vec::new(),
+            Some(OneOrMany::One(p)) => vec![p],
+            Some(OneOrMany::Many(list)) if list.is_empty() => {
+                bail!("key `platform` is an empty list")
+            }
+            Some(OneOrMany::Many(list)) => list,
+        };
+        for platform in &platforms {
+            plain_value("platform", platform)?;
+            if platform.contains(',') {
+                bail!("key `platform`: `{platform}` holds a `,`\nnote: give several platforms as a list, `platform = [\"linux/amd64\", \"linux/arm64\"]`");
             }
         }
 
@@ -171,6 +334,78 @@ impl RawConfig {
             let tag = Template::parse(&tag, Placeholder::FOR_CACHE_TAGS)
                 .map_err(|e| anyhow::anyhow!("key `stages.{stage}`: {e}"))?;
             stages.insert(stage, tag);
+        }
+
+        let cache = match self.cache.as_deref() {
+            None | Some("inline") => CacheMode::Inline,
+            Some("registry") => CacheMode::Registry,
+            Some(other) => bail!("key `cache`: `{other}` is not a cache mode\nnote: the modes are `inline` and `registry`"),
+        };
+        if platforms.len() > 1 && cache == CacheMode::Inline {
+            bail!("key `platform`: a multi-platform image needs `cache = \"registry\"`\nnote: inline cache rides on one image per stage, and a multi-platform build makes an image index");
+        }
+        let cache_tag = Template::parse(
+            self.cache_tag.as_deref().unwrap_or("buildcache"),
+            Placeholder::FOR_CACHE_TAGS,
+        )
+        .map_err(|e| anyhow::anyhow!("key `cache-tag`: {e}"))?;
+        let default_branch = self.default_branch.unwrap_or_else(|| "main".to_string());
+        plain_value("default-branch", &default_branch)?;
+        let push_cache = match self.push_cache.as_deref() {
+            None | Some("required") => PushCache::Required,
+            Some("best-effort") => PushCache::BestEffort,
+            Some(other) => bail!("key `push-cache`: `{other}` is not a policy\nnote: the policies are `required` and `best-effort`"),
+        };
+        let attestation =
+            |key: &str, value: Option<BoolOrString>| -> anyhow::Result<Option<String>> {
+                Ok(match value {
+                    None => None,
+                    Some(BoolOrString::Bool(b)) => Some(b.to_string()),
+                    Some(BoolOrString::String(s)) => {
+                        plain_value(key, &s)?;
+                        Some(s)
+                    }
+                })
+            };
+        let provenance = attestation("provenance", self.provenance)?;
+        let sbom = attestation("sbom", self.sbom)?;
+
+        let mut secrets = BTreeMap::new();
+        for (id, raw) in self.secrets.unwrap_or_default() {
+            if id.is_empty()
+                || id.starts_with('-')
+                || id.contains([',', '='])
+                || id.contains(char::is_whitespace)
+            {
+                bail!("key `secrets`: `{id}` is not a secret id");
+            }
+            let secret = match (raw.env, raw.file) {
+                (Some(env), None) => {
+                    if env.is_empty() || env.contains([',', '=']) {
+                        bail!(
+                            "key `secrets.{id}.env`: `{env}` is not an environment variable name"
+                        );
+                    }
+                    Secret::Env(env)
+                }
+                (None, Some(file)) => {
+                    if file.contains(',') {
+                        bail!("key `secrets.{id}.file`: `{file}` holds a `,`, which `--secret` cannot take");
+                    }
+                    Secret::File(match file.strip_prefix("~/") {
+                        Some(rest) => home_dir().join(rest),
+                        None => manifest_dir.join(file),
+                    })
+                }
+                _ => bail!("key `secrets.{id}`: give exactly one of `env` and `file`"),
+            };
+            secrets.insert(id, secret);
+        }
+
+        let labels = self.labels.unwrap_or_default();
+        for key in labels.keys() {
+            crate::labels::validate_label_key(key)
+                .map_err(|e| anyhow::anyhow!("key `labels`: {e}"))?;
         }
 
         Ok(Config {
@@ -185,16 +420,39 @@ impl RawConfig {
             cache_image,
             build_args,
             network: self.network,
-            platform: self.platform,
+            platforms,
             stages,
+            cache,
+            cache_tag,
+            default_branch,
+            push_cache,
+            provenance,
+            sbom,
+            secrets,
+            labels,
         })
     }
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// Refuses a value that docker would take as a flag.
 fn not_a_flag(key: &str, value: &str) -> anyhow::Result<()> {
     if value.starts_with('-') {
         bail!("key `{key}`: `{value}` starts with `-`, and docker would take it as a flag");
+    }
+    Ok(())
+}
+
+/// A value passed on as a flag's argument: not empty, not a flag.
+fn plain_value(key: &str, value: &str) -> anyhow::Result<()> {
+    not_a_flag(key, value)?;
+    if value.trim().is_empty() {
+        bail!("key `{key}` is empty");
     }
     Ok(())
 }

@@ -24,6 +24,21 @@ pub struct Engine {
     pub client_version: String,
     /// The daemon's version.
     pub server_version: String,
+    /// Whether the buildx plugin answers.
+    pub buildx: bool,
+}
+
+/// What the plan asks of the engine, checked before any work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `docker buildx build` (registry cache, a builder, several platforms, attestations).
+    pub buildx: bool,
+    /// Exporting a registry cache (`--cache-to type=registry`).
+    pub cache_export: bool,
+    /// Building several platforms into one image index.
+    pub multi_platform: bool,
+    /// The builder named with `--builder`.
+    pub builder: Option<String>,
 }
 
 /// How long a probe may take: a daemon that does not answer in this time is not usable.
@@ -57,13 +72,11 @@ pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    if major >= 23 {
-        let buildx = probe(docker, &["buildx", "version"]);
-        if !buildx.as_ref().is_ok_and(|o| o.status.success()) {
-            bail!(
-                "the Docker CLI `{docker}` ({client_version}) needs the buildx plugin for BuildKit builds, and it is missing\nnote: install the plugin (Docker's `docker-buildx-plugin` or Debian's `docker-buildx` package), or set `DOCKER` to a CLI older than 23"
-            );
-        }
+    let buildx = probe(docker, &["buildx", "version"]).is_ok_and(|o| o.status.success());
+    if major >= 23 && !buildx {
+        bail!(
+            "the Docker CLI `{docker}` ({client_version}) needs the buildx plugin for BuildKit builds, and it is missing\nnote: install the plugin (Docker's `docker-buildx-plugin` or Debian's `docker-buildx` package), or set `DOCKER` to a CLI older than 23"
+        );
     }
 
     let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".to_string());
@@ -82,7 +95,64 @@ pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
         docker: docker.to_string(),
         client_version,
         server_version,
+        buildx,
     })
+}
+
+impl Engine {
+    /// Checks that the engine can do what the plan asks, and says what to do instead where it
+    /// cannot.
+    pub fn check(&self, needs: &Needs) -> anyhow::Result<()> {
+        let docker = &self.docker;
+        if needs.buildx && !self.buildx {
+            bail!(
+                "this build needs `docker buildx` (registry cache, a builder, several platforms or attestations), and `{docker}` ({}) has no buildx plugin\nnote: install the plugin, or use `cache = \"inline\"` with one platform",
+                self.client_version
+            );
+        }
+        if !(needs.cache_export || needs.multi_platform) {
+            return Ok(());
+        }
+        let mut args = vec!["buildx", "inspect"];
+        if let Some(builder) = &needs.builder {
+            args.push(builder);
+        }
+        let out = probe(docker, &args)?;
+        if !out.status.success() {
+            bail!(
+                "`{docker} {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let driver = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Driver:"))
+            .map(|d| d.trim().to_string())
+            .unwrap_or_default();
+        if driver == "docker" && !self.containerd_store()? {
+            let what = if needs.cache_export {
+                "export a registry cache"
+            } else {
+                "build several platforms into one image"
+            };
+            bail!(
+                "the builder cannot {what}: it is the docker driver without the containerd image store (engine {})\nnote: use `cache = \"inline\"` with one platform, enable the containerd image store (`\"features\": {{\"containerd-snapshotter\": true}}` in daemon.json), or create a docker-container builder (`docker buildx create --driver docker-container`) and pass it with `--builder`",
+                self.server_version
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the daemon keeps images in the containerd image store.
+    fn containerd_store(&self) -> anyhow::Result<bool> {
+        let out = probe(
+            &self.docker,
+            &["info", "--format", "{{json .DriverStatus}}"],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("io.containerd.snapshotter"))
+    }
 }
 
 impl Engine {

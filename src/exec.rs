@@ -1,15 +1,23 @@
-//! Runs a plan's steps against the engine, streaming docker's output and reading what it says.
+//! Runs a plan's steps against the engine: independent steps at once (`--jobs`), each command in
+//! a process group of its own so that a failure or a signal ends all of it, output streamed and
+//! read as it comes.
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
 
 use crate::diagnose::RegistryProblem;
 use crate::engine::Engine;
 use crate::plan::{Action, Plan, Step};
 use crate::progress::{push_digest, BuildProgress};
+use crate::report::{self, Reporter};
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +26,7 @@ pub enum Outcome {
     Done,
     /// It was not run, for the reason given.
     Skipped(String),
-    /// It failed in a way the run goes on from (a cache image that could not be read).
+    /// It failed in a way the run goes on from (a best-effort cache push).
     Warning(String),
     /// It failed, and the run stopped.
     Failed(String),
@@ -31,12 +39,18 @@ pub struct StepResult {
     pub step: usize,
     /// How it ended.
     pub outcome: Outcome,
+    /// When it started and ended.
+    pub started: SystemTime,
+    /// When it ended.
+    pub ended: SystemTime,
     /// Its wall time.
     pub seconds: f64,
     /// For builds: what BuildKit's progress output told.
     pub progress: Option<BuildProgress>,
     /// For pushes: the pushed digest.
     pub digest: Option<String>,
+    /// Everything the command printed.
+    pub output: String,
 }
 
 /// What a run did, step by step.
@@ -46,6 +60,8 @@ pub struct RunResult {
     pub steps: Vec<StepResult>,
     /// The run's wall time.
     pub seconds: f64,
+    /// The signal that interrupted the run, if one did.
+    pub interrupted: Option<i32>,
 }
 
 impl RunResult {
@@ -63,8 +79,37 @@ impl RunResult {
     }
 }
 
-/// Runs `plan`'s steps in order and stops at the first failure.
-pub fn run(plan: &Plan, engine: &Engine) -> RunResult {
+/// How to run.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecOptions {
+    /// How many steps may run at once.
+    pub jobs: usize,
+}
+
+/// How long a command gets to end after SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Running commands by step: their process group ids.
+type Running = Arc<Mutex<BTreeMap<usize, u32>>>;
+
+enum Msg {
+    Line(usize, String),
+    Done(Box<StepResult>),
+    Signal(i32),
+}
+
+/// What the scheduler knows when it starts a step, for the decision to skip it.
+#[derive(Clone)]
+struct Context {
+    /// A stage of the step's chain ran a step earlier in this run.
+    chain_ran: bool,
+    /// The engine held the step's image before the run.
+    local_before: bool,
+}
+
+/// Runs `plan`: each step once the steps it waits for are done, up to `jobs` at once. The first
+/// failure, or SIGINT or SIGTERM, ends every running command and starts no more.
+pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Reporter) -> RunResult {
     let started = Instant::now();
     let mut result = RunResult::default();
     // Which tags the engine held before this run: a build that ran no step on an engine that
@@ -74,108 +119,413 @@ pub fn run(plan: &Plan, engine: &Engine) -> RunResult {
         .unwrap_or_default()
         .into_iter()
         .collect();
-    for step in &plan.steps {
-        let outcome = run_step(step, engine, &result, &local_before);
-        let failed = matches!(outcome.outcome, Outcome::Failed(_));
-        result.steps.push(outcome);
-        if failed {
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let running: Running = Arc::default();
+    let cancelled = Arc::new(AtomicBool::new(false));
+
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]);
+    let signal_handle = signals.ok().map(|mut signals| {
+        let handle = signals.handle();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = tx.send(Msg::Signal(signal));
+            }
+        });
+        handle
+    });
+
+    let mut state: Vec<Option<bool>> = vec![None; plan.steps.len()]; // None: not done; Some(ok)
+    let mut started_steps = vec![false; plan.steps.len()];
+    let mut in_flight = 0usize;
+    let mut ran_stages: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut reported_imports: BTreeSet<String> = BTreeSet::new();
+    let mut stop = false;
+    let labels: Vec<String> = plan.steps.iter().map(|s| label(plan, s)).collect();
+
+    loop {
+        if !stop {
+            for step in &plan.steps {
+                if in_flight >= options.jobs.max(1) {
+                    break;
+                }
+                if started_steps[step.id] || !step.after.iter().all(|&a| state[a] == Some(true)) {
+                    continue;
+                }
+                started_steps[step.id] = true;
+                in_flight += 1;
+                let image = match &step.action {
+                    Action::Build(b) => b.writes.clone(),
+                    Action::Push { image, .. } => Some(image.clone()),
+                    Action::Pull { .. } => None,
+                };
+                let chain: &[String] = match &step.action {
+                    Action::Build(b) => &b.chain,
+                    Action::Push { chain, .. } => chain,
+                    Action::Pull { .. } => &[],
+                };
+                let ran = ran_stages.get(step.package.as_str());
+                let context = Context {
+                    chain_ran: chain.iter().any(|c| ran.is_some_and(|r| r.contains(c))),
+                    local_before: image.is_some_and(|i| local_before.contains(&i)),
+                };
+                reporter.event(json!({
+                    "reason": "step-started",
+                    "id": step.id,
+                    "kind": report::kind(&step.action),
+                    "package": step.package,
+                    "stage": report::stage_of(plan, step.id),
+                    "time": report::rfc3339(SystemTime::now()),
+                }));
+                announce(reporter, step);
+                let (step, engine, tx, running, cancelled) = (
+                    step.clone(),
+                    engine.clone(),
+                    tx.clone(),
+                    running.clone(),
+                    cancelled.clone(),
+                );
+                std::thread::spawn(move || {
+                    let result = run_step(&step, &engine, &context, &tx, &running, &cancelled);
+                    let _ = tx.send(Msg::Done(Box::new(result)));
+                });
+            }
+        }
+        if in_flight == 0 {
             break;
         }
+        let Ok(msg) = rx.recv() else { break };
+        match msg {
+            Msg::Line(id, line) => reporter.output(&labels[id], &line),
+            Msg::Signal(signal) => {
+                if result.interrupted.is_none() {
+                    result.interrupted = Some(signal);
+                    reporter.error(&format!(
+                        "interrupted by signal {signal}: ending every running command"
+                    ));
+                }
+                stop = true;
+                cancelled.store(true, Ordering::SeqCst);
+                terminate(&running);
+            }
+            Msg::Done(step_result) => {
+                in_flight -= 1;
+                let step = &plan.steps[step_result.step];
+                let ok = !matches!(step_result.outcome, Outcome::Failed(_));
+                state[step.id] = Some(ok);
+                if let (Action::Build(build), Some(progress)) =
+                    (&step.action, &step_result.progress)
+                {
+                    let ran = ran_stages.entry(step.package.as_str()).or_default();
+                    for s in progress.steps().into_iter().filter(|s| !s.cached) {
+                        ran.insert(s.stage.unwrap_or_else(|| build.stage.clone()));
+                    }
+                    report_imports(reporter, progress, &mut reported_imports);
+                }
+                finish(reporter, plan, step, &step_result, &labels[step.id]);
+                result.steps.push(*step_result);
+                if !ok && !stop {
+                    stop = true;
+                    cancelled.store(true, Ordering::SeqCst);
+                    terminate(&running);
+                }
+            }
+        }
+    }
+    if let Some(handle) = signal_handle {
+        handle.close();
     }
     result.seconds = started.elapsed().as_secs_f64();
     result
 }
 
-fn status(verb: &str, message: &str) {
-    eprintln!("{verb:>12} {message}");
+/// `service/compile` for a build or push of a stage, `service` otherwise.
+fn label(plan: &Plan, step: &Step) -> String {
+    match report::stage_of(plan, step.id) {
+        Some(stage) => format!("{}/{stage}", step.package),
+        None => step.package.clone(),
+    }
+}
+
+fn announce(reporter: &Reporter, step: &Step) {
+    match &step.action {
+        Action::Pull { image } => reporter.status("Pulling", image),
+        Action::Build(b) => {
+            reporter.status("Building", &format!("{} stage `{}`", step.package, b.stage))
+        }
+        // A push that may turn out current says what it did when it is done.
+        Action::Push {
+            skip_if_current: true,
+            ..
+        } => {}
+        Action::Push { image, .. } => reporter.status("Pushing", image),
+    }
+}
+
+/// Says what a finished step did, and sends its `step-finished` event.
+fn finish(reporter: &Reporter, plan: &Plan, step: &Step, result: &StepResult, label: &str) {
+    match &result.outcome {
+        Outcome::Done => match (&step.action, &result.progress) {
+            (Action::Build(b), Some(p)) => reporter.status(
+                "Built",
+                &format!(
+                    "{} stage `{}` in {:.1}s ({}/{} steps cached)",
+                    step.package,
+                    b.stage,
+                    result.seconds,
+                    p.cached(),
+                    p.step_count()
+                ),
+            ),
+            (
+                Action::Push {
+                    image,
+                    skip_if_current: true,
+                    ..
+                },
+                _,
+            ) => reporter.status("Pushed", &format!("{image} in {:.1}s", result.seconds)),
+            _ => {}
+        },
+        Outcome::Skipped(why) => match &step.action {
+            Action::Pull { .. } => reporter.info(why),
+            Action::Build(b) => reporter.status(
+                "Fresh",
+                &format!("{} stage `{}` ({why})", step.package, b.stage),
+            ),
+            Action::Push { image, .. } => reporter.status("Fresh", &format!("{image} ({why})")),
+        },
+        Outcome::Warning(why) => reporter.warning(why),
+        Outcome::Failed(_) => reporter.failed_output(label, &result.output),
+    }
+    let progress = result.progress.as_ref();
+    reporter.event(json!({
+        "reason": "step-finished",
+        "id": step.id,
+        "kind": report::kind(&step.action),
+        "package": step.package,
+        "stage": report::stage_of(plan, step.id),
+        "success": !matches!(result.outcome, Outcome::Failed(_)),
+        "outcome": match &result.outcome {
+            Outcome::Done => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Warning(_) => "warning",
+            Outcome::Failed(_) => "failed",
+        },
+        "message": match &result.outcome {
+            Outcome::Done => None,
+            Outcome::Skipped(m) | Outcome::Warning(m) | Outcome::Failed(m) => Some(m.clone()),
+        },
+        "seconds": report::round(result.seconds),
+        "start": report::rfc3339(result.started),
+        "end": report::rfc3339(result.ended),
+        "steps": progress.map(BuildProgress::step_count),
+        "cached": progress.map(BuildProgress::cached),
+        "image": match &step.action { Action::Push { image, .. } | Action::Pull { image } => Some(image.clone()), Action::Build(_) => None },
+        "digest": result.digest,
+    }));
+}
+
+/// Says how reading each cache source went, once per source and run.
+fn report_imports(reporter: &Reporter, progress: &BuildProgress, reported: &mut BTreeSet<String>) {
+    for import in progress.imports() {
+        let Some(error) = import.error else { continue };
+        if !reported.insert(import.reference.clone()) {
+            continue;
+        }
+        let problem = RegistryProblem::classify(&error);
+        let text = problem.describe(&import.reference);
+        if problem == RegistryProblem::NotFound {
+            reporter.info(&text);
+        } else {
+            reporter.warning(&format!("{text}; building without it\n  {error}"));
+        }
+    }
+}
+
+/// Ends every running command: SIGTERM to its process group, SIGKILL after a grace period.
+fn terminate(running: &Running) {
+    let groups: Vec<u32> = running
+        .lock()
+        .map(|r| r.values().copied().collect())
+        .unwrap_or_default();
+    for &group in &groups {
+        signal_group(group, libc::SIGTERM);
+    }
+    let running = running.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(GRACE);
+        let left: Vec<u32> = running
+            .lock()
+            .map(|r| r.values().copied().collect())
+            .unwrap_or_default();
+        for group in left.into_iter().filter(|g| groups.contains(g)) {
+            signal_group(group, libc::SIGKILL);
+        }
+    });
+}
+
+fn signal_group(group: u32, signal: i32) {
+    if let Ok(group) = libc::pid_t::try_from(group) {
+        // SAFETY: kill(2) on a process group we created; a group that is gone gives ESRCH.
+        unsafe { libc::kill(-group, signal) };
+    }
 }
 
 fn run_step(
     step: &Step,
     engine: &Engine,
-    done: &RunResult,
-    local_before: &BTreeSet<String>,
+    context: &Context,
+    tx: &Sender<Msg>,
+    running: &Running,
+    cancelled: &AtomicBool,
 ) -> StepResult {
-    let started = Instant::now();
+    let started_at = Instant::now();
     let mut result = StepResult {
         step: step.id,
         outcome: Outcome::Done,
+        started: SystemTime::now(),
+        ended: SystemTime::now(),
         seconds: 0.0,
         progress: None,
         digest: None,
+        output: String::new(),
+    };
+    // A step whose image nothing in this run changed, and that the registry holds, is current.
+    let current = |image: &str| -> bool {
+        !context.chain_ran && !context.local_before && engine.registry_has(image) == Ok(true)
     };
     match &step.action {
         Action::Pull { image } => {
-            status("Pulling", image);
-            let out = stream(step);
-            if let Err(message) = &out.result {
-                let problem = RegistryProblem::classify(&out.text);
+            let out = stream(step, tx, running);
+            result.output = out.text;
+            if let Err(message) = out.result {
+                let problem = RegistryProblem::classify(&result.output);
                 let text = problem.describe(image);
-                if problem == RegistryProblem::NotFound {
-                    status("Info", &text);
-                    result.outcome = Outcome::Skipped(text);
+                result.outcome = if problem == RegistryProblem::NotFound {
+                    Outcome::Skipped(text)
                 } else {
-                    status("Warning", &text);
-                    result.outcome = Outcome::Warning(format!("{text}: {message}"));
-                }
+                    Outcome::Warning(format!("{text}: {message}"))
+                };
             }
         }
-        Action::Build { stage, .. } => {
-            status("Building", &format!("{} stage `{stage}`", step.package));
-            let out = stream(step);
-            let mut progress = BuildProgress::default();
-            out.text.lines().for_each(|l| progress.feed(l));
-            if let Err(message) = out.result {
-                let errors = progress.errors();
+        Action::Build(build) => {
+            if build.skip_if_current && build.writes.as_deref().is_some_and(current) {
                 result.outcome =
-                    Outcome::Failed(format!(
-                    "the build of stage `{stage}` of package `{}` failed: {message}{}\ncommand: {}",
-                    step.package,
-                    errors.iter().map(|e| format!("\n  {e}")).collect::<String>(),
-                    step.to_shell()
-                ));
+                    Outcome::Skipped("nothing in it ran, and the registry holds its cache".into());
+            } else {
+                let out = stream(step, tx, running);
+                let mut progress = BuildProgress::default();
+                out.text.lines().for_each(|l| progress.feed(l));
+                if let Err(message) = out.result {
+                    let stage = progress
+                        .failed_stage()
+                        .unwrap_or_else(|| build.stage.clone());
+                    let errors = progress.errors();
+                    result.outcome = Outcome::Failed(if cancelled.load(Ordering::SeqCst) {
+                        format!(
+                            "the build of stage `{stage}` of package `{}` was stopped",
+                            step.package
+                        )
+                    } else {
+                        format!(
+                            "the build of stage `{stage}` of package `{}` failed: {message}{}\ncommand: {}",
+                            step.package,
+                            errors.iter().map(|e| format!("\n  {e}")).collect::<String>(),
+                            step.to_shell()
+                        )
+                    });
+                }
+                result.output = out.text;
+                result.progress = Some(progress);
             }
-            result.progress = Some(progress);
         }
         Action::Push {
             image,
-            build,
-            cache,
+            skip_if_current,
+            best_effort,
+            ..
         } => {
-            let built = done.get(*build).and_then(|r| r.progress.as_ref());
-            let ran_nothing = built.is_some_and(|p| p.ran().is_empty());
-            if *cache && ran_nothing && !local_before.contains(image) {
-                match engine.registry_has(image) {
-                    Ok(true) => {
-                        let why = "the registry holds it and the build ran no step".to_string();
-                        status("Fresh", &format!("{image} ({why})"));
-                        result.outcome = Outcome::Skipped(why);
-                        result.seconds = started.elapsed().as_secs_f64();
-                        return result;
-                    }
-                    Ok(false) => {}
-                    // The push below meets the same registry and says what is wrong.
-                    Err(_) => {}
-                }
-            }
-            status("Pushing", image);
-            let out = stream(step);
-            match out.result {
-                Ok(()) => result.digest = push_digest(&out.text),
-                Err(message) => {
-                    let problem = RegistryProblem::classify(&out.text);
-                    result.outcome = Outcome::Failed(format!(
-                        "the push of `{image}` (package `{}`) failed: {message}\n{}\ncommand: {}",
-                        step.package,
-                        problem.describe(image),
-                        step.to_shell()
-                    ));
-                }
+            if *skip_if_current && current(image) {
+                result.outcome =
+                    Outcome::Skipped("nothing in it ran, and the registry holds it".into());
+            } else {
+                push(
+                    step,
+                    image,
+                    *best_effort,
+                    &mut result,
+                    tx,
+                    running,
+                    cancelled,
+                );
             }
         }
     }
-    result.seconds = started.elapsed().as_secs_f64();
+    result.ended = SystemTime::now();
+    result.seconds = started_at.elapsed().as_secs_f64();
     result
+}
+
+/// Pushes, retrying a registry that is unreachable or rate-limiting with a bounded backoff.
+fn push(
+    step: &Step,
+    image: &str,
+    best_effort: bool,
+    result: &mut StepResult,
+    tx: &Sender<Msg>,
+    running: &Running,
+    cancelled: &AtomicBool,
+) {
+    let mut wait = Duration::from_millis(500);
+    for attempt in 1..=3 {
+        let out = stream(step, tx, running);
+        result.output = out.text;
+        let Err(message) = out.result else {
+            result.digest = push_digest(&result.output);
+            result.outcome = Outcome::Done;
+            return;
+        };
+        let problem = RegistryProblem::classify(&result.output);
+        let retry = matches!(
+            problem,
+            RegistryProblem::Unreachable | RegistryProblem::RateLimited
+        );
+        if retry && attempt < 3 && !cancelled.load(Ordering::SeqCst) {
+            let _ = tx.send(Msg::Line(
+                step.id,
+                format!(
+                    "retrying the push of `{image}` in {:.1}s ({problem:?})",
+                    wait.as_secs_f64()
+                ),
+            ));
+            std::thread::sleep(wait);
+            wait *= 3;
+            continue;
+        }
+        let why = format!(
+            "the push of `{image}` (package `{}`) failed: {}\n{message}\ncommand: {}",
+            step.package,
+            problem.describe(image),
+            step.to_shell()
+        );
+        let refused = matches!(
+            problem,
+            RegistryProblem::Authentication | RegistryProblem::DeniedOrMissing
+        );
+        result.outcome = if best_effort && refused {
+            Outcome::Warning(format!(
+                "the cache tag `{image}` was not pushed: {}",
+                problem.describe(image)
+            ))
+        } else {
+            Outcome::Failed(why)
+        };
+        return;
+    }
 }
 
 struct Streamed {
@@ -183,9 +533,9 @@ struct Streamed {
     text: String,
 }
 
-/// Runs the step's command, copying its output (stdout and stderr alike) to our stderr line by
-/// line as it comes, and keeping it for parsing.
-fn stream(step: &Step) -> Streamed {
+/// Runs the step's command in a process group of its own, sending its output (stdout and stderr
+/// alike) line by line as it comes, and keeping it for parsing.
+fn stream(step: &Step, tx: &Sender<Msg>, running: &Running) -> Streamed {
     let sh = match xshell::Shell::new() {
         Ok(sh) => sh,
         Err(e) => {
@@ -203,7 +553,8 @@ fn stream(step: &Step) -> Streamed {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -213,37 +564,52 @@ fn stream(step: &Step) -> Streamed {
             }
         }
     };
-    let (tx, rx) = mpsc::channel::<String>();
-    let readers: Vec<Box<dyn Read + Send>> = vec![
-        Box::new(child.stdout.take().expect("stdout is piped")),
-        Box::new(child.stderr.take().expect("stderr is piped")),
-    ];
+    if let Ok(mut r) = running.lock() {
+        r.insert(step.id, child.id());
+    }
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    let readers: Vec<Box<dyn Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let threads: Vec<_> = readers
         .into_iter()
         .map(|reader| {
-            let tx = tx.clone();
+            let line_tx = line_tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(reader).lines() {
                     let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
+                    if line_tx.send(line).is_err() {
                         break;
                     }
                 }
             })
         })
         .collect();
-    drop(tx);
+    drop(line_tx);
     let mut text = String::new();
-    let stderr = std::io::stderr();
-    for line in rx {
-        let _ = writeln!(stderr.lock(), "{line}");
+    for line in line_rx {
         text.push_str(&line);
         text.push('\n');
+        let _ = tx.send(Msg::Line(step.id, line));
     }
     threads.into_iter().for_each(|t| {
         let _ = t.join();
     });
-    let result = match child.wait() {
+    let status = child.wait();
+    if let Ok(mut r) = running.lock() {
+        r.remove(&step.id);
+    }
+    let result = match status {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(status.to_string()),
         Err(e) => Err(e.to_string()),

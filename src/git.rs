@@ -45,3 +45,16 @@ pub fn head_branch(dir: &Path) -> Option<String> {
         .ok()?;
     (!branch.is_empty()).then_some(branch)
 }
+
+/// The committer time of the commit checked out in `dir` (strict ISO 8601), so that two builds
+/// of one commit agree on it.
+pub fn head_time(dir: &Path) -> Option<String> {
+    let sh = Shell::new().ok()?;
+    sh.change_dir(dir);
+    let time = cmd!(sh, "git log -1 --format=%cI HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()?;
+    (!time.is_empty()).then_some(time)
+}

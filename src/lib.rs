@@ -1,8 +1,9 @@
 //! `cargo xtask docker`: multi-stage Docker builds whose stage caches live in a registry.
 //!
 //! The data flows one way: [`config`] (the Cargo.toml tables) -> [`dockerfile`] (the stage graph)
-//! -> [`plan`] (pure: the steps to run) -> [`engine`] (what the CLI and builder can do) -> [`exec`]
-//! (runs the steps) -> [`report`] (what happened).
+//! -> [`package`] (the config checked against the graph) -> [`plan`] (pure: the steps to run) ->
+//! [`engine`] (what the CLI and builder can do) -> [`exec`] (runs the steps) -> [`report`] (what
+//! happened). [`workspace`] ties them together.
 
 pub mod cli;
 pub mod config;
@@ -10,7 +11,10 @@ pub mod diagnose;
 pub mod dockerfile;
 pub mod engine;
 pub mod exec;
+pub mod failure;
 pub mod git;
+pub mod graph;
+pub mod labels;
 pub mod package;
 pub mod plan;
 pub mod progress;
@@ -20,3 +24,4 @@ pub mod template;
 pub mod workspace;
 
 pub use cli::Docker;
+pub use failure::exit_code;

@@ -1,24 +1,81 @@
 //! The plan: every command a build runs, as a pure value that prints as shell lines.
 //!
-//! Nothing here runs anything. The executor takes the steps in order (each step comes after
-//! the steps it needs), and the dry run prints them.
+//! Nothing here runs anything. The executor runs each step once the steps it waits for are done
+//! (independent steps at once), and the dry run prints them in order.
+//!
+//! With inline cache, the final target is built first, reading every cached stage's cache: that
+//! one BuildKit build runs (in parallel, inside BuildKit) whatever changed. The other cached
+//! stages are built after it, from the engine's now warm cache, only to tag and push their cache
+//! images, and not at all when nothing in them ran and the registry already holds their cache
+//! image: on a fresh CI agent with nothing changed, no intermediate stage image is downloaded.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::cli::PullCache;
+use crate::config::{CacheMode, PushCache, Secret};
 use crate::package::Package;
-use crate::template::Vars;
+use crate::template::{Placeholder, Template, Vars};
+
+/// What to push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Nothing.
+    Nothing,
+    /// Cache images only, never the final tags (pull requests), and a refused cache push is a
+    /// warning.
+    CacheOnly,
+    /// Cache images and final tags.
+    All,
+}
 
 /// How to plan.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The docker CLI to run.
     pub docker: String,
-    /// Push cache tags and final tags.
-    pub push: bool,
+    /// What to push.
+    pub push: Push,
     /// When to pull cache images first.
     pub pull_cache: PullCache,
+    /// A buildx builder other than the engine's own.
+    pub builder: Option<String>,
+    /// Load the final image into the engine even where the build pushes it itself.
+    pub load: bool,
+    /// Build every step, reading no cache.
+    pub no_cache: bool,
+    /// Build arguments from the command line; they win over the config's.
+    pub build_args: BTreeMap<String, String>,
+    /// Tags from the command line, added to every package's final tags.
+    pub tags: Vec<String>,
+}
+
+impl Options {
+    /// Options for `docker` that push nothing and pull nothing.
+    pub fn new(docker: &str) -> Options {
+        Options {
+            docker: docker.to_string(),
+            push: Push::Nothing,
+            pull_cache: PullCache::Auto,
+            builder: None,
+            load: false,
+            no_cache: false,
+            build_args: BTreeMap::new(),
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// One package to plan, with the values its tags are filled with and its final image's labels.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The package.
+    pub package: Package,
+    /// Placeholder values.
+    pub vars: Vars,
+    /// Labels of the final image.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a step does, with what the executor and the report need to know of it.
@@ -29,29 +86,54 @@ pub enum Action {
         /// The image reference.
         image: String,
     },
-    /// `docker build` of one stage.
-    Build {
-        /// The stage's label.
-        stage: String,
-        /// The cache image it is tagged as.
-        cache_image: String,
-        /// The cache images it reads, in order.
-        cache_from: Vec<String>,
-        /// The final tags (only on the final target's build).
-        final_images: Vec<String>,
-    },
+    /// A build of one stage.
+    Build(Build),
     /// `docker push` of one tag.
     Push {
         /// The image reference.
         image: String,
         /// The step that built it.
         build: usize,
-        /// A cache tag (true) or a final tag (false). A cache tag is left as it is when its
-        /// build ran no step and the registry already holds it: re-pushing it would replace an
-        /// image whose inline cache is complete with one whose cache BuildKit exported from
-        /// cache hits, which misses steps on the next build (moby/buildkit#1981).
+        /// A cache tag (true) or a final tag (false).
         cache: bool,
+        /// Left as it is when no step of `chain` ran in this run, the engine did not hold the tag
+        /// before the run, and the registry holds it: re-pushing an image built from remote cache
+        /// hits would replace one whose inline cache is complete with one whose cache misses the
+        /// steps that copy from other stages (moby/buildkit#1981).
+        skip_if_current: bool,
+        /// The stages whose steps make this image.
+        chain: Vec<String>,
+        /// A refused push is a warning, not a failure.
+        best_effort: bool,
     },
+}
+
+/// A build step's particulars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    /// The stage's label.
+    pub stage: String,
+    /// Whether this is the package's final target.
+    pub is_final: bool,
+    /// The cache image it writes (its inline-cache tag), if any.
+    pub writes: Option<String>,
+    /// The cache refs it reads, in order.
+    pub reads: Vec<String>,
+    /// Of those, the refs of the stage's own cache (with a registry cache: all of them).
+    pub own: Vec<String>,
+    /// The final tags it carries.
+    pub finals: Vec<String>,
+    /// The stages whose steps make it: the stage and every stage it needs.
+    pub chain: Vec<String>,
+    /// Not run when no step of `chain` ran in this run, the engine did not hold `writes` before
+    /// the run, and the registry holds it.
+    pub skip_if_current: bool,
+    /// The registry cache it exports (`--cache-to`), if any.
+    pub exports: Option<String>,
+    /// A failed cache export is a warning (`ignore-error=true`), checked after the build.
+    pub export_best_effort: bool,
+    /// The build pushes its own tags (buildx `--push`).
+    pub pushes: bool,
 }
 
 /// One command.
@@ -80,133 +162,403 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
-/// Plans the pulls, builds and pushes of `packages`, each with the values its tags are filled
-/// with.
-pub fn plan(packages: &[(Package, Vars)], options: &Options) -> anyhow::Result<Plan> {
+/// The refs a cache tag template gives: the one written, and those read, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRefs {
+    /// Written: `None` for a branch-scoped tag when there is no branch (a detached HEAD).
+    pub write: Option<String>,
+    /// Read: the current branch's, then the default branch's.
+    pub read: Vec<String>,
+}
+
+/// Fills a cache tag template. A tag with `{branch}` is written under the current branch only
+/// and read from the current branch first, then from the default branch.
+pub fn cache_refs(
+    template: &Template,
+    repository: &crate::reference::Repository,
+    vars: &Vars,
+    default_branch: &str,
+) -> Result<CacheRefs, String> {
+    let render = |vars: &Vars| template.render(vars).map(|tag| repository.with_tag(&tag));
+    if !template.uses(Placeholder::Branch) {
+        let one = render(vars)?;
+        return Ok(CacheRefs {
+            write: Some(one.clone()),
+            read: vec![one],
+        });
+    }
+    let write = match &vars.branch {
+        Some(_) => Some(render(vars)?),
+        None => None,
+    };
+    let fallback = render(&Vars {
+        branch: Some(default_branch.to_string()),
+        ..vars.clone()
+    })?;
+    let mut read: Vec<String> = write.iter().cloned().collect();
+    if !read.contains(&fallback) {
+        read.push(fallback);
+    }
+    Ok(CacheRefs { write, read })
+}
+
+/// Plans the pulls, builds and pushes of every input.
+pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
-    for (package, vars) in packages {
-        plan_package(&mut plan, package, vars, options)?;
+    for input in inputs {
+        match input.package.config.cache {
+            CacheMode::Inline => plan_inline(&mut plan, input, options)?,
+            CacheMode::Registry => plan_registry(&mut plan, input, options)?,
+        }
     }
     Ok(plan)
 }
 
-fn plan_package(
-    plan: &mut Plan,
-    package: &Package,
-    vars: &Vars,
-    options: &Options,
-) -> anyhow::Result<()> {
-    let config = &package.config;
-    let name = &config.package;
-    let cache_ref = |stage: usize| -> anyhow::Result<String> {
-        let tag = package.cached[&stage].render(vars).map_err(|e| {
-            anyhow::anyhow!(
-                "package `{name}`, stage `{}`: {e}",
-                package.graph.label(stage)
-            )
-        })?;
-        Ok(config.cache_image.with_tag(&tag))
-    };
-    let final_images = config
+/// The final tags of a package: its own, then the command line's.
+fn final_images(input: &Input, options: &Options) -> anyhow::Result<Vec<String>> {
+    let config = &input.package.config;
+    let extra = options
         .tags
         .iter()
-        .map(|t| t.render(vars).map(|tag| config.image.with_tag(&tag)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("package `{name}`, key `tags`: {e}"))?;
+        .map(|t| {
+            Template::parse(t, Placeholder::FOR_TAGS)
+                .map_err(|e| anyhow::anyhow!("option `--tag`: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut images = Vec::new();
+    for template in config.tags.iter().chain(&extra) {
+        let image = template
+            .render(&input.vars)
+            .map(|tag| config.image.with_tag(&tag))
+            .map_err(|e| anyhow::anyhow!("package `{}`, key `tags`: {e}", config.package))?;
+        if !images.contains(&image) {
+            images.push(image);
+        }
+    }
+    Ok(images)
+}
+
+/// Flags every build of a package shares: build args, network, platforms, secrets, the
+/// Dockerfile and the context come last in `tail`.
+struct Common {
+    head: Vec<String>,
+    tail: Vec<String>,
+}
+
+fn common(input: &Input, options: &Options) -> Common {
+    let config = &input.package.config;
+    let mut head = Vec::new();
+    if options.no_cache {
+        head.push("--no-cache".to_string());
+    }
+    let mut args = config.build_args.clone();
+    args.extend(options.build_args.clone());
+    for (key, value) in &args {
+        head.extend(["--build-arg".into(), format!("{key}={value}")]);
+    }
+    if let Some(network) = &config.network {
+        head.extend(["--network".into(), network.clone()]);
+    }
+    if !config.platforms.is_empty() {
+        head.extend(["--platform".into(), config.platforms.join(",")]);
+    }
+    for (id, secret) in &config.secrets {
+        let source = match secret {
+            Secret::Env(name) => format!("env={name}"),
+            Secret::File(path) => format!("src={}", path.display()),
+        };
+        head.extend(["--secret".into(), format!("id={id},{source}")]);
+    }
+    let tail = vec!["-f".into(), path(&config.dockerfile), path(&config.context)];
+    Common { head, tail }
+}
+
+fn labels(input: &Input) -> Vec<String> {
+    input
+        .labels
+        .iter()
+        .flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
+    let package = &input.package;
+    let config = &package.config;
+    let name = &config.package;
+    let refs: BTreeMap<usize, CacheRefs> = package
+        .cached
+        .iter()
+        .map(|(&stage, template)| {
+            cache_refs(
+                template,
+                &config.cache_image,
+                &input.vars,
+                &config.default_branch,
+            )
+            .map(|r| (stage, r))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "package `{name}`, stage `{}`: {e}",
+                    package.graph.label(stage)
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let finals = final_images(input, options)?;
+    let common = common(input, options);
+    let label = |s: usize| package.graph.label(s);
+    let chain = |s: usize| -> Vec<String> {
+        std::iter::once(s)
+            .chain(package.graph.ancestors(s))
+            .map(label)
+            .collect()
+    };
+    let buildx = options.builder.is_some();
+    let push_cache = options.push != Push::Nothing;
+    let push_finals = options.push == Push::All;
+    let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
 
     let mut pulls = Vec::new();
     if options.pull_cache == PullCache::Always {
-        for &stage in package.cached.keys() {
-            let image = cache_ref(stage)?;
-            pulls.push(plan.push_step(
-                name,
-                Action::Pull {
-                    image: image.clone(),
-                },
-                &options.docker,
-                vec!["pull".into(), image],
-                vec![],
-                vec![],
-            ));
+        let mut seen = Vec::new();
+        for image in refs.values().flat_map(|r| r.read.iter()) {
+            if !seen.contains(image) {
+                seen.push(image.clone());
+                pulls.push(plan.add(
+                    name,
+                    Action::Pull {
+                        image: image.clone(),
+                    },
+                    &options.docker,
+                    vec!["pull".into(), image.clone()],
+                    vec![],
+                    vec![],
+                ));
+            }
         }
     }
 
-    let mut built = std::collections::BTreeMap::new();
-    for stage in package.build_order() {
-        let label = package.graph.label(stage);
-        let cache_image = cache_ref(stage)?;
-        let cache_from = package
-            .cache_sources(stage)
-            .into_iter()
-            .map(cache_ref)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let finals = if stage == package.target {
-            final_images.clone()
+    // The final target first, then the other cached stages in dependency order.
+    let target = package.target;
+    let mut order = vec![target];
+    order.extend(package.build_order().into_iter().filter(|&s| s != target));
+    let final_ancestors = package.graph.ancestors(target);
+    let mut built: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut final_build = None;
+    for stage in order {
+        let is_final = stage == target;
+        let own = &refs[&stage];
+        let mut reads: Vec<String> = Vec::new();
+        for source in package.cache_sources(stage) {
+            for r in &refs[&source].read {
+                if !reads.contains(r) {
+                    reads.push(r.clone());
+                }
+            }
+        }
+        // With a builder of its own, tags leave only by the build's own push: a cache-only run
+        // then leaves the final tags out rather than publish them.
+        let finals_here = if is_final && !(buildx && options.push == Push::CacheOnly) {
+            finals.clone()
         } else {
             Vec::new()
         };
-
-        let mut args: Vec<String> = vec![
-            "build".into(),
-            "--progress=plain".into(),
-            "--build-arg".into(),
-            "BUILDKIT_INLINE_CACHE=1".into(),
-        ];
-        for (key, value) in &config.build_args {
-            args.extend(["--build-arg".into(), format!("{key}={value}")]);
+        // A stage build exists only to tag and push its cache image.
+        if !is_final && own.write.is_none() {
+            continue;
         }
-        args.extend(["--target".into(), label.clone()]);
-        for source in &cache_from {
-            args.extend(["--cache-from".into(), source.clone()]);
+        let mut args: Vec<String> = if buildx {
+            vec![
+                "buildx".into(),
+                "build".into(),
+                "--builder".into(),
+                options.builder.clone().unwrap_or_default(),
+            ]
+        } else {
+            vec!["build".into()]
+        };
+        args.push("--progress=plain".into());
+        args.extend(["--build-arg".into(), "BUILDKIT_INLINE_CACHE=1".into()]);
+        args.extend(common.head.iter().cloned());
+        args.extend(["--target".into(), label(stage)]);
+        for r in &reads {
+            args.extend(["--cache-from".into(), r.clone()]);
         }
-        for image in std::iter::once(&cache_image).chain(&finals) {
+        for image in own.write.iter().chain(&finals_here) {
             args.extend(["--tag".into(), image.clone()]);
         }
-        if let Some(network) = &config.network {
-            args.extend(["--network".into(), network.clone()]);
+        if is_final {
+            args.extend(crate::labels::label_args(&input.labels));
+            add_attestations(&mut args, config);
         }
-        if let Some(platform) = &config.platform {
-            args.extend(["--platform".into(), platform.clone()]);
+        // A builder other than the engine's own keeps images to itself: the build pushes them
+        // (or loads them, when asked).
+        let pushes = buildx && push_cache;
+        if buildx {
+            if pushes {
+                args.push("--push".into());
+            }
+            if !pushes || options.load {
+                args.push("--load".into());
+            }
         }
-        args.extend(["-f".into(), path(&config.dockerfile), path(&config.context)]);
+        args.extend(common.tail.iter().cloned());
 
         let mut after = pulls.clone();
+        after.extend(final_build);
         after.extend(
             package
                 .cached_ancestors(stage)
                 .iter()
                 .filter_map(|s| built.get(s).copied()),
         );
-        let action = Action::Build {
-            stage: label,
-            cache_image: cache_image.clone(),
-            cache_from,
-            final_images: finals.clone(),
+        let build = Build {
+            stage: label(stage),
+            is_final,
+            writes: own.write.clone(),
+            reads,
+            own: own.read.clone(),
+            finals: finals_here.clone(),
+            chain: chain(stage),
+            skip_if_current: !is_final
+                && !buildx
+                && !options.no_cache
+                && final_ancestors.contains(&stage),
+            exports: None,
+            export_best_effort: false,
+            pushes,
         };
         let env = vec![("DOCKER_BUILDKIT".to_string(), "1".to_string())];
-        let build = plan.push_step(name, action, &options.docker, args, env, after);
-        built.insert(stage, build);
-
-        if options.push {
-            for (image, cache) in
-                std::iter::once((cache_image, true)).chain(finals.into_iter().map(|f| (f, false)))
-            {
-                let action = Action::Push {
-                    image: image.clone(),
-                    build,
-                    cache,
-                };
-                plan.push_step(
-                    name,
-                    action,
-                    &options.docker,
-                    vec!["push".into(), image],
-                    vec![],
-                    vec![build],
-                );
-            }
+        let id = plan.add(
+            name,
+            Action::Build(build),
+            &options.docker,
+            args,
+            env,
+            after,
+        );
+        built.insert(stage, id);
+        if is_final {
+            final_build = Some(id);
+        }
+        if buildx {
+            continue;
+        }
+        let mut pushes: Vec<(String, bool)> = Vec::new();
+        if push_cache {
+            pushes.extend(own.write.iter().map(|w| (w.clone(), true)));
+        }
+        if push_finals {
+            pushes.extend(finals_here.into_iter().map(|f| (f, false)));
+        }
+        for (image, cache) in pushes {
+            let action = Action::Push {
+                image: image.clone(),
+                build: id,
+                cache,
+                skip_if_current: cache && !options.no_cache,
+                chain: chain(stage),
+                best_effort: cache && best_effort,
+            };
+            plan.add(
+                name,
+                action,
+                &options.docker,
+                vec!["push".into(), image],
+                vec![],
+                vec![id],
+            );
         }
     }
+    Ok(())
+}
+
+fn add_attestations(args: &mut Vec<String>, config: &crate::config::Config) {
+    if let Some(p) = &config.provenance {
+        args.push(format!("--provenance={p}"));
+    }
+    if let Some(s) = &config.sbom {
+        args.push(format!("--sbom={s}"));
+    }
+}
+
+fn plan_registry(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
+    let package = &input.package;
+    let config = &package.config;
+    let name = &config.package;
+    let refs = cache_refs(
+        &config.cache_tag,
+        &config.cache_image,
+        &input.vars,
+        &config.default_branch,
+    )
+    .map_err(|e| anyhow::anyhow!("package `{name}`, key `cache-tag`: {e}"))?;
+    let finals = final_images(input, options)?;
+    let common = common(input, options);
+    let push_finals = options.push == Push::All;
+    let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
+
+    let mut args: Vec<String> = vec!["buildx".into(), "build".into()];
+    if let Some(builder) = &options.builder {
+        args.extend(["--builder".into(), builder.clone()]);
+    }
+    args.push("--progress=plain".into());
+    args.extend(common.head.iter().cloned());
+    args.extend(["--target".into(), package.graph.label(package.target)]);
+    for r in &refs.read {
+        args.extend(["--cache-from".into(), format!("type=registry,ref={r}")]);
+    }
+    let exports = if options.push != Push::Nothing {
+        refs.write.clone()
+    } else {
+        None
+    };
+    if let Some(w) = &exports {
+        let mut to =
+            format!("type=registry,ref={w},mode=max,image-manifest=true,oci-mediatypes=true");
+        if best_effort {
+            to.push_str(",ignore-error=true");
+        }
+        args.extend(["--cache-to".into(), to]);
+    }
+    for image in &finals {
+        args.extend(["--tag".into(), image.clone()]);
+    }
+    args.extend(crate::labels::label_args(&input.labels));
+    add_attestations(&mut args, config);
+    if push_finals {
+        args.push("--push".into());
+    }
+    // Without a push the image goes into the engine, as `docker build` would leave it; a
+    // multi-platform image cannot be loaded into a classic store, so it stays in the builder.
+    if (!push_finals || options.load) && config.platforms.len() <= 1 {
+        args.push("--load".into());
+    }
+    args.extend(common.tail.iter().cloned());
+    let build = Build {
+        stage: package.graph.label(package.target),
+        is_final: true,
+        writes: None,
+        reads: refs.read.clone(),
+        own: refs.read.clone(),
+        finals,
+        chain: std::iter::once(package.target)
+            .chain(package.graph.ancestors(package.target))
+            .map(|s| package.graph.label(s))
+            .collect(),
+        skip_if_current: false,
+        exports,
+        export_best_effort: best_effort,
+        pushes: push_finals,
+    };
+    plan.add(
+        name,
+        Action::Build(build),
+        &options.docker,
+        args,
+        vec![],
+        vec![],
+    );
     Ok(())
 }
 
@@ -215,7 +567,7 @@ fn path(p: &Path) -> String {
 }
 
 impl Plan {
-    fn push_step(
+    fn add(
         &mut self,
         package: &str,
         action: Action,
@@ -254,7 +606,7 @@ impl Plan {
 }
 
 impl Step {
-    /// The step as one shell line.
+    /// The step as one shell line, with what the executor decides at run time as a comment.
     pub fn to_shell(&self) -> String {
         let mut words: Vec<String> = self
             .env
@@ -268,11 +620,13 @@ impl Step {
             Action::Pull { .. } => {
                 format!("{line} || true  # a missing cache image means no cache yet")
             }
-            Action::Push { cache: true, .. } => {
-                format!(
-                    "{line}  # left as it is when the build ran no step and the registry holds it"
-                )
+            Action::Build(b) if b.skip_if_current => {
+                format!("{line}  # skipped when nothing in it ran and the registry holds its cache")
             }
+            Action::Push {
+                skip_if_current: true,
+                ..
+            } => format!("{line}  # skipped when nothing in it ran and the registry holds it"),
             _ => line,
         }
     }
@@ -299,7 +653,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::reference::Repository;
-    use crate::template::{Placeholder, Template};
 
     const SERVICE: &str = "\
 FROM scratch AS toolchain
@@ -310,7 +663,9 @@ FROM toolchain AS runtime
 COPY --from=compile /out /out
 ";
 
-    fn config(stages: &[(&str, &str)], tags: &[&str]) -> Config {
+    /// A config as the table would give it, with every optional key at its default.
+    pub(crate) fn config(stages: &[(&str, &str)], tags: &[&str]) -> Config {
+        let template = |t: &str, allowed| Template::parse(t, allowed).unwrap();
         Config {
             package: "service".into(),
             version: "0.3.1".into(),
@@ -321,21 +676,24 @@ COPY --from=compile /out /out
             target: None,
             tags: tags
                 .iter()
-                .map(|t| Template::parse(t, Placeholder::FOR_TAGS).unwrap())
+                .map(|t| template(t, Placeholder::FOR_TAGS))
                 .collect(),
             cache_image: Repository::parse("registry.example/acme/service").unwrap(),
             build_args: BTreeMap::new(),
             network: None,
-            platform: None,
+            platforms: Vec::new(),
             stages: stages
                 .iter()
-                .map(|(s, t)| {
-                    (
-                        s.to_string(),
-                        Template::parse(t, Placeholder::FOR_CACHE_TAGS).unwrap(),
-                    )
-                })
+                .map(|(s, t)| (s.to_string(), template(t, Placeholder::FOR_CACHE_TAGS)))
                 .collect(),
+            cache: CacheMode::Inline,
+            cache_tag: template("buildcache", Placeholder::FOR_CACHE_TAGS),
+            default_branch: "main".into(),
+            push_cache: PushCache::Required,
+            provenance: None,
+            sbom: None,
+            secrets: BTreeMap::new(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -347,16 +705,25 @@ COPY --from=compile /out /out
         }
     }
 
-    fn shell(config: Config, dockerfile: &str, options: &Options) -> String {
-        let package = Package::resolve(config, dockerfile).unwrap();
-        plan(&[(package, vars())], options).unwrap().to_shell()
+    fn input(config: Config, dockerfile: &str) -> Input {
+        Input {
+            package: Package::resolve(config, dockerfile).unwrap(),
+            vars: vars(),
+            labels: BTreeMap::new(),
+        }
     }
 
-    fn options(push: bool, pull_cache: PullCache) -> Options {
+    fn shell(config: Config, dockerfile: &str, options: &Options) -> String {
+        plan(&[input(config, dockerfile)], options)
+            .unwrap()
+            .to_shell()
+    }
+
+    fn options(push: Push, pull_cache: PullCache) -> Options {
         Options {
-            docker: "docker".into(),
             push,
             pull_cache,
+            ..Options::new("docker")
         }
     }
 
@@ -370,49 +737,167 @@ COPY --from=compile /out /out
     }
 
     #[test]
-    fn the_seed_sequence_with_push() {
+    fn final_target_first_then_the_stage_caches() {
         let config = config(
             &[("compile", "compile"), ("runtime", "dev")],
             &["{version}", "latest"],
         );
         expect![[r#"
             # package `service`
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service
-            docker push registry.example/acme/service:compile  # left as it is when the build ran no step and the registry holds it
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:dev --tag registry.example/acme/service:0.3.1 --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
-            docker push registry.example/acme/service:dev  # left as it is when the build ran no step and the registry holds it
+            docker push registry.example/acme/service:dev  # skipped when nothing in it ran and the registry holds it
             docker push registry.example/acme/service:0.3.1
             docker push registry.example/acme/service:latest
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+            docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
         "#]]
-        .assert_eq(&shell(config, SERVICE, &options(true, PullCache::Auto)));
+        .assert_eq(&shell(config, SERVICE, &options(Push::All, PullCache::Auto)));
     }
 
     #[test]
     fn pulls_first_when_asked_and_pushes_only_when_asked() {
-        let config = config(&[("compile", "compile-{branch}")], &["latest"]);
+        let config = config(&[("compile", "compile")], &["latest"]);
         expect![[r#"
             # package `service`
-            docker pull registry.example/acme/service:compile-feature-x || true  # a missing cache image means no cache yet
+            docker pull registry.example/acme/service:compile || true  # a missing cache image means no cache yet
             docker pull registry.example/acme/service:runtime || true  # a missing cache image means no cache yet
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
         "#]]
-        .assert_eq(&shell(config, SERVICE, &options(false, PullCache::Always)));
+        .assert_eq(&shell(config, SERVICE, &options(Push::Nothing, PullCache::Always)));
     }
 
     #[test]
-    fn args_network_platform_and_quoting() {
-        let mut config = config(&[], &["{git_short_sha}"]);
-        config.build_args.insert("NOTE".into(), "two words".into());
-        config.network = Some("none".into());
-        config.platform = Some("linux/amd64".into());
-        config.target = Some("compile".into());
-        config.context = "/src/my service".into();
+    fn branch_caches_fall_back_to_the_default_branch() {
+        let config = config(&[("compile", "compile-{branch}")], &["latest"]);
+        let text = shell(
+            config.clone(),
+            SERVICE,
+            &options(Push::CacheOnly, PullCache::Auto),
+        );
         expect![[r#"
             # package `service`
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --build-arg 'NOTE=two words' --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --tag registry.example/acme/service:0123456 --network none --platform linux/amd64 -f /src/service/Dockerfile '/src/my service'
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+            docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+            docker push registry.example/acme/service:compile-feature-x  # skipped when nothing in it ran and the registry holds it
         "#]]
-        .assert_eq(&shell(config, SERVICE, &options(false, PullCache::Never)));
+        .assert_eq(&text);
+        assert!(
+            !text.contains("push registry.example/acme/service:compile-main"),
+            "a feature branch never writes the default branch's cache"
+        );
+        assert!(
+            !text.contains("push registry.example/acme/service:latest"),
+            "--push-cache-only publishes no final tag"
+        );
+
+        // A detached HEAD (a tag build) reads the default branch's cache and writes no branch tag.
+        let detached = Input {
+            vars: Vars {
+                branch: None,
+                ..vars()
+            },
+            ..input(config, SERVICE)
+        };
+        let text = plan(&[detached], &options(Push::All, PullCache::Auto))
+            .unwrap()
+            .to_shell();
+        assert!(
+            text.contains("--cache-from registry.example/acme/service:compile-main"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("--target compile"),
+            "no branch tag to write, so no stage build:\n{text}"
+        );
+        assert!(
+            !text.contains("compile-main  #")
+                && !text.contains("push registry.example/acme/service:compile"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn command_line_args_network_platform_secrets_labels_and_quoting() {
+        let mut config = config(&[], &["{git_short_sha}"]);
+        config.build_args.insert("NOTE".into(), "two words".into());
+        config.build_args.insert("MODE".into(), "debug".into());
+        config.network = Some("none".into());
+        config.platforms = vec!["linux/amd64".into()];
+        config.target = Some("compile".into());
+        config.context = "/src/my service".into();
+        config
+            .secrets
+            .insert("npm".into(), Secret::Env("NPM_TOKEN".into()));
+        config.secrets.insert(
+            "git".into(),
+            Secret::File("/home/me/.git-credentials".into()),
+        );
+        let mut input = input(config, SERVICE);
+        input
+            .labels
+            .insert("org.opencontainers.image.title".into(), "service".into());
+        let options = Options {
+            build_args: [("MODE".to_string(), "release".to_string())].into(),
+            tags: vec!["extra".into()],
+            no_cache: true,
+            ..Options::new("docker")
+        };
+        expect![[r#"
+            # package `service`
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --no-cache --build-arg MODE=release --build-arg 'NOTE=two words' --network none --platform linux/amd64 --secret id=git,src=/home/me/.git-credentials --secret id=npm,env=NPM_TOKEN --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --tag registry.example/acme/service:0123456 --tag registry.example/acme/service:extra --label org.opencontainers.image.title=service -f /src/service/Dockerfile '/src/my service'
+        "#]]
+        .assert_eq(&plan(&[input], &options).unwrap().to_shell());
+    }
+
+    #[test]
+    fn registry_cache_is_one_buildx_build() {
+        let mut config = config(&[], &["latest"]);
+        config.cache = CacheMode::Registry;
+        config.cache_tag = Template::parse("cache-{branch}", Placeholder::FOR_CACHE_TAGS).unwrap();
+        config.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        config.provenance = Some("false".into());
+        let pushed = shell(
+            config.clone(),
+            SERVICE,
+            &options(Push::All, PullCache::Auto),
+        );
+        expect![[r#"
+            # package `service`
+            docker buildx build --progress=plain --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
+        "#]]
+        .assert_eq(&pushed);
+        config.platforms.clear();
+        config.push_cache = PushCache::BestEffort;
+        let local = shell(
+            config,
+            SERVICE,
+            &Options {
+                builder: Some("remote".into()),
+                ..options(Push::CacheOnly, PullCache::Auto)
+            },
+        );
+        expect![[r#"
+            # package `service`
+            docker buildx build --builder remote --progress=plain --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true,ignore-error=true --tag registry.example/acme/service:latest --provenance=false --load -f /src/service/Dockerfile /src/service
+        "#]]
+        .assert_eq(&local);
+    }
+
+    #[test]
+    fn a_builder_of_its_own_pushes_from_the_build() {
+        let config = config(&[("compile", "compile")], &["latest"]);
+        let options = Options {
+            builder: Some("k8s".into()),
+            ..options(Push::All, PullCache::Auto)
+        };
+        expect![[r#"
+            # package `service`
+            DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --push -f /src/service/Dockerfile /src/service
+            DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --push -f /src/service/Dockerfile /src/service
+        "#]]
+        .assert_eq(&shell(config, SERVICE, &options));
     }
 
     #[test]
@@ -430,14 +915,13 @@ COPY --from=compile-b /b /b
             &[("base", "base"), ("compile-b", "b"), ("compile-a", "a")],
             &["latest"],
         );
-        let package = Package::resolve(config, five).unwrap();
-        let plan = plan(&[(package, vars())], &options(true, PullCache::Auto)).unwrap();
+        let plan = plan(&[input(config, five)], &options(Push::All, PullCache::Auto)).unwrap();
         let summary: Vec<String> = plan
             .steps
             .iter()
             .map(|s| {
                 let what = match &s.action {
-                    Action::Build { stage, .. } => format!("build {stage}"),
+                    Action::Build(b) => format!("build {}", b.stage),
                     Action::Push { image, .. } => {
                         format!("push {}", image.rsplit(':').next().unwrap())
                     }
@@ -448,15 +932,15 @@ COPY --from=compile-b /b /b
             .collect();
         expect![[r#"
             [
-                "0 build base after []",
-                "1 push base after [0]",
-                "2 build compile-a after [0]",
-                "3 push a after [2]",
-                "4 build compile-b after [0]",
-                "5 push b after [4]",
-                "6 build runtime after [0, 2, 4]",
-                "7 push runtime after [6]",
-                "8 push latest after [6]",
+                "0 build runtime after []",
+                "1 push runtime after [0]",
+                "2 push latest after [0]",
+                "3 build base after [0]",
+                "4 push base after [3]",
+                "5 build compile-a after [0, 3]",
+                "6 push a after [5]",
+                "7 build compile-b after [0, 3]",
+                "8 push b after [7]",
             ]
         "#]]
         .assert_debug_eq(&summary);
@@ -468,16 +952,18 @@ COPY --from=compile-b /b /b
 
     #[test]
     fn a_tag_that_cannot_be_filled_names_package_and_stage() {
-        let config = config(&[("compile", "compile-{branch}")], &["latest"]);
-        let package = Package::resolve(config, SERVICE).unwrap();
-        let no_branch = Vars {
-            branch: None,
-            ..vars()
+        let config = config(&[], &["{git_sha}"]);
+        let no_git = Input {
+            vars: Vars {
+                git_sha: None,
+                ..vars()
+            },
+            ..input(config, SERVICE)
         };
-        let error = plan(&[(package, no_branch)], &options(false, PullCache::Auto)).unwrap_err();
+        let error = plan(&[no_git], &options(Push::Nothing, PullCache::Auto)).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "package `service`, stage `compile`: `compile-{branch}` needs a branch name, and none could be found"
+            "package `service`, key `tags`: `{git_sha}` needs the commit sha, and this is not a git checkout"
         );
     }
 }

@@ -3,18 +3,41 @@
 use std::collections::BTreeMap;
 
 /// What one build's progress output told.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildProgress {
     vertices: BTreeMap<u32, Vertex>,
     /// The image id from `writing image sha256:...`.
     pub image_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Vertex {
     name: String,
     cached: bool,
+    seconds: f64,
     error: Option<String>,
+}
+
+/// One Dockerfile step as the build reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// BuildKit's name for it, e.g. `[compile 3/5] RUN make`.
+    pub name: String,
+    /// The stage it belongs to, e.g. `compile` (`None` in a Dockerfile of one unnamed stage).
+    pub stage: Option<String>,
+    /// Whether it came from a cache.
+    pub cached: bool,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// How reading one `--cache-from` source went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheImport {
+    /// The reference, as BuildKit names it.
+    pub reference: String,
+    /// `None` when it was imported, else BuildKit's error.
+    pub error: Option<String>,
 }
 
 impl BuildProgress {
@@ -30,10 +53,12 @@ impl BuildProgress {
             return;
         };
         let vertex = self.vertices.entry(number).or_default();
-        if text.starts_with('[') && vertex.name.is_empty() {
+        if vertex.name.is_empty() && !text.starts_with("sha256:") {
             vertex.name = text.to_string();
         } else if text == "CACHED" {
             vertex.cached = true;
+        } else if let Some(seconds) = text.strip_prefix("DONE ").and_then(|t| t.strip_suffix('s')) {
+            vertex.seconds = seconds.parse().unwrap_or(0.0);
         } else if let Some(error) = text
             .strip_prefix("ERROR: ")
             .or_else(|| text.strip_prefix("ERROR "))
@@ -45,58 +70,86 @@ impl BuildProgress {
         }
     }
 
-    fn dockerfile_steps(&self) -> impl Iterator<Item = &Vertex> {
+    /// The Dockerfile steps, in BuildKit's vertex order.
+    pub fn steps(&self) -> Vec<StepReport> {
         self.vertices
             .values()
-            .filter(|v| is_dockerfile_step(&v.name))
+            .filter_map(|v| {
+                let stage = dockerfile_step_stage(&v.name)?;
+                Some(StepReport {
+                    name: v.name.clone(),
+                    stage,
+                    cached: v.cached,
+                    seconds: v.seconds,
+                })
+            })
+            .collect()
     }
 
     /// How many Dockerfile steps the build had.
-    pub fn steps(&self) -> usize {
-        self.dockerfile_steps().count()
+    pub fn step_count(&self) -> usize {
+        self.steps().len()
     }
 
     /// How many of them came from a cache.
     pub fn cached(&self) -> usize {
-        self.dockerfile_steps().filter(|v| v.cached).count()
+        self.steps().iter().filter(|s| s.cached).count()
     }
 
     /// The steps that ran (did not come from a cache), as BuildKit names them.
-    pub fn ran(&self) -> Vec<&str> {
-        self.dockerfile_steps()
-            .filter(|v| !v.cached)
-            .map(|v| v.name.as_str())
+    pub fn ran(&self) -> Vec<String> {
+        self.steps()
+            .into_iter()
+            .filter(|s| !s.cached)
+            .map(|s| s.name)
             .collect()
     }
 
-    /// The errors that BuildKit reported, with the step they belong to.
+    /// The `--cache-from` sources BuildKit tried, and how each went.
+    pub fn imports(&self) -> Vec<CacheImport> {
+        self.vertices
+            .values()
+            .filter_map(|v| {
+                let reference = v.name.strip_prefix("importing cache manifest from ")?;
+                Some(CacheImport {
+                    reference: reference.to_string(),
+                    error: v.error.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The errors that BuildKit reported for Dockerfile steps, with the step they belong to.
     pub fn errors(&self) -> Vec<String> {
         self.vertices
             .values()
+            .filter(|v| !v.name.starts_with("importing cache manifest from "))
             .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
             .collect()
     }
+
+    /// The stage of the first step that failed.
+    pub fn failed_stage(&self) -> Option<String> {
+        self.vertices
+            .values()
+            .filter(|v| v.error.is_some())
+            .find_map(|v| dockerfile_step_stage(&v.name))
+            .flatten()
+    }
 }
 
-/// `[compile 2/5] RUN ...`, `[stage-1 1/2] COPY ...` or `[2/3] RUN ...`: a step of the
-/// Dockerfile, as opposed to `[internal] ...` and `[auth] ...`.
-fn is_dockerfile_step(name: &str) -> bool {
-    let Some(inner) = name
-        .strip_prefix('[')
-        .and_then(|n| n.split_once(']'))
-        .map(|(i, _)| i)
-    else {
-        return false;
+/// For `[compile 2/5] RUN ...`, `[stage-1 1/2] COPY ...` or `[2/3] RUN ...` (a step of the
+/// Dockerfile, as opposed to `[internal] ...` and `[auth] ...`): `Some(stage)`, where the stage
+/// is `None` for the last form.
+fn dockerfile_step_stage(name: &str) -> Option<Option<String>> {
+    let inner = name.strip_prefix('[')?.split_once(']')?.0;
+    let (stage, count) = match inner.rsplit_once(' ') {
+        Some((stage, count)) => (Some(stage.to_string()), count),
+        None => (None, inner),
     };
-    let count = inner.rsplit(' ').next().unwrap_or("");
-    match count.split_once('/') {
-        Some((k, n)) => {
-            !k.is_empty()
-                && !n.is_empty()
-                && (k.chars().chain(n.chars())).all(|c| c.is_ascii_digit())
-        }
-        None => false,
-    }
+    let (k, n) = count.split_once('/')?;
+    let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
+    (digits(k) && digits(n)).then_some(stage)
 }
 
 /// The digest in docker push's last line, `TAG: digest: sha256:... size: N`.
@@ -141,8 +194,10 @@ mod tests {
     fn counts_steps_and_cache_hits() {
         let mut progress = BuildProgress::default();
         CACHED_BUILD.lines().for_each(|l| progress.feed(l));
-        assert_eq!(progress.steps(), 3);
+        assert_eq!(progress.step_count(), 3);
         assert_eq!(progress.cached(), 2);
+        assert_eq!(progress.steps()[1].seconds, 0.0);
+        assert_eq!(progress.steps()[2].stage.as_deref(), Some("runtime"));
         assert_eq!(
             progress.ran(),
             vec!["[runtime 1/1] COPY --from=compile /out/service /usr/local/bin/service"]
@@ -173,13 +228,48 @@ mod tests {
 
     #[test]
     fn tells_dockerfile_steps_from_internal_ones() {
-        assert!(is_dockerfile_step("[compile 2/5] RUN x"));
-        assert!(is_dockerfile_step("[stage-1 1/2] COPY a b"));
-        assert!(is_dockerfile_step("[2/3] RUN x"));
-        assert!(!is_dockerfile_step("[internal] load build context"));
-        assert!(!is_dockerfile_step("[auth] library/rust:pull token"));
-        assert!(!is_dockerfile_step("exporting to image"));
-        assert!(!is_dockerfile_step("[compile /] x"));
+        let stage = |name: &str| dockerfile_step_stage(name);
+        assert_eq!(stage("[compile 2/5] RUN x"), Some(Some("compile".into())));
+        assert_eq!(
+            stage("[stage-1 1/2] COPY a b"),
+            Some(Some("stage-1".into()))
+        );
+        assert_eq!(stage("[2/3] RUN x"), Some(None));
+        assert_eq!(stage("[internal] load build context"), None);
+        assert_eq!(stage("[auth] library/rust:pull token"), None);
+        assert_eq!(stage("exporting to image"), None);
+        assert_eq!(stage("[compile /] x"), None);
+    }
+
+    #[test]
+    fn reads_cache_imports_and_their_errors() {
+        // The 20.10 engine, one missing cache image and one registry that is down.
+        let out = "\
+#7 importing cache manifest from 127.0.0.1:5999/down:x
+#7 ERROR: failed to do request: Head \"http://127.0.0.1:5999/v2/down/manifests/x\": dial tcp 127.0.0.1:5999: connect: connection refused
+
+#6 importing cache manifest from 127.0.0.1:5055/none:x
+#6 ERROR: 127.0.0.1:5055/none:x: not found
+
+#3 importing cache manifest from 127.0.0.1:5055/svc:compile
+#3 DONE 0.0s
+";
+        let mut progress = BuildProgress::default();
+        out.lines().for_each(|l| progress.feed(l));
+        let imports = progress.imports();
+        assert_eq!(imports.len(), 3);
+        assert_eq!(imports[0].reference, "127.0.0.1:5055/svc:compile");
+        assert_eq!(imports[0].error, None);
+        assert!(imports[1].error.as_deref().unwrap().ends_with("not found"));
+        assert!(imports[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("connection refused"));
+        assert!(
+            progress.errors().is_empty(),
+            "import errors are not build errors"
+        );
     }
 
     #[test]

@@ -1,31 +1,79 @@
 //! Finds the packages that have a `[package.metadata.docker]` table and runs a command over them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::cli::{BuildArgs, Command, SelectArgs};
-use crate::config::{Config, Origin, RawConfig};
+use crate::cli::{BuildArgs, CheckArgs, Color, Command, MessageFormat, SelectArgs};
+use crate::config::{CacheMode, Origin, RawConfig};
+use crate::failure::Failure;
+use crate::labels::LabelSource;
 use crate::package::Package;
-use crate::template::Vars;
-use crate::{engine, exec, git, plan, report, Docker};
+use crate::plan::{Input, Push};
+use crate::report::{Reporter, Verbosity};
+use crate::template::{Placeholder, Vars};
+use crate::{engine, exec, git, graph, plan, report, Docker};
 
 /// Runs a parsed `docker` command.
 pub fn run(docker: Docker) -> anyhow::Result<()> {
+    let verbosity = if docker.quiet {
+        Verbosity::Quiet
+    } else if docker.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let color = match docker.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => Reporter::stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
     match docker.command {
-        Command::Build(args) => build(&args),
-        Command::Check(select) => check(&select),
+        Command::Build(args) => {
+            let reporter =
+                Reporter::new(args.message_format == MessageFormat::Json, verbosity, color);
+            build(&args, &reporter)
+        }
+        Command::Check(args) => check(&args),
     }
 }
 
-/// Reads the selected packages' tables and Dockerfiles, validated.
+/// A package with its Cargo metadata, as loaded.
+pub struct Loaded {
+    /// The package, its config checked against its Dockerfile.
+    pub package: Package,
+    /// What its OCI labels are made from (git fields still empty).
+    pub labels: LabelSource,
+}
+
+/// Reads the selected packages' tables (over the workspace's defaults) and Dockerfiles, validated.
 pub fn load(select: &SelectArgs) -> anyhow::Result<Vec<Package>> {
+    Ok(load_with_metadata(select)?
+        .into_iter()
+        .map(|l| l.package)
+        .collect())
+}
+
+/// [`load`], keeping what the labels are made from.
+pub fn load_with_metadata(select: &SelectArgs) -> anyhow::Result<Vec<Loaded>> {
     let mut command = cargo_metadata::MetadataCommand::new();
     command.no_deps();
     if let Some(path) = &select.manifest_path {
         command.manifest_path(path);
     }
     let metadata = command.exec().context("`cargo metadata` failed")?;
+    let defaults = match metadata.workspace_metadata.get("docker") {
+        Some(table) => RawConfig::from_json(table)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| {
+                format!(
+                    "in `[workspace.metadata.docker]` of `{}`",
+                    metadata.workspace_root.join("Cargo.toml")
+                )
+            })?,
+        None => RawConfig::default(),
+    };
     let members: Vec<&cargo_metadata::Package> = metadata.workspace_packages();
     for name in &select.packages {
         if !members.iter().any(|p| p.name.as_str() == name) {
@@ -36,12 +84,12 @@ pub fn load(select: &SelectArgs) -> anyhow::Result<Vec<Package>> {
             );
         }
     }
-    let mut packages = Vec::new();
+    let mut loaded = Vec::new();
     for member in members {
         let chosen =
             select.packages.is_empty() || select.packages.iter().any(|n| n == member.name.as_str());
-        let table = member.metadata.get("docker");
-        let table = match (chosen, table) {
+        // A member opts in with a table of its own, which may be empty.
+        let table = match (chosen, member.metadata.get("docker")) {
             (false, _) => continue,
             (true, Some(table)) => table,
             (true, None) if select.packages.is_empty() => continue,
@@ -55,6 +103,7 @@ pub fn load(select: &SelectArgs) -> anyhow::Result<Vec<Package>> {
             package: member.name.to_string(),
             version: member.version.to_string(),
             manifest_path: PathBuf::from(member.manifest_path.as_std_path()),
+            workspace_root: PathBuf::from(metadata.workspace_root.as_std_path()),
         };
         let in_table = || {
             format!(
@@ -65,26 +114,49 @@ pub fn load(select: &SelectArgs) -> anyhow::Result<Vec<Package>> {
         let raw = RawConfig::from_json(table)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(in_table)?;
-        let config: Config = raw.validate(&origin).with_context(in_table)?;
+        let config = raw
+            .over(&defaults)
+            .validate(&origin)
+            .with_context(in_table)?;
         let text = std::fs::read_to_string(&config.dockerfile)
             .with_context(|| format!("cannot read `{}`", config.dockerfile.display()))?;
-        packages.push(Package::resolve(config, &text).with_context(in_table)?);
+        let package = Package::resolve(config, &text).with_context(in_table)?;
+        let labels = LabelSource {
+            name: member.name.to_string(),
+            version: member.version.to_string(),
+            description: member.description.clone(),
+            license: member.license.clone(),
+            license_file: member.license_file.as_ref().map(|p| p.to_string()),
+            repository: member.repository.clone(),
+            homepage: member.homepage.clone(),
+            documentation: member.documentation.clone(),
+            authors: member.authors.clone(),
+            revision: None,
+            created: None,
+        };
+        loaded.push(Loaded { package, labels });
     }
-    if packages.is_empty() {
+    if loaded.is_empty() {
         bail!(
             "no package in the workspace at `{}` has a `[package.metadata.docker]` table\nnote: add one to a package's Cargo.toml; the README lists its keys",
             metadata.workspace_root
         );
     }
-    Ok(packages)
+    Ok(loaded)
 }
 
 /// The values a package's tags are filled with; git is asked only when a tag needs it.
-fn vars(package: &Package) -> Vars {
+fn vars(package: &Package, branch: Option<&str>) -> Vars {
     let config = &package.config;
-    let templates = || config.tags.iter().chain(package.cached.values());
+    let templates = || {
+        config
+            .tags
+            .iter()
+            .chain(package.cached.values())
+            .chain(std::iter::once(&config.cache_tag))
+    };
     let needs_git = templates().any(|t| t.needs_git());
-    let needs_branch = templates().any(|t| t.uses(crate::template::Placeholder::Branch));
+    let needs_branch = templates().any(|t| t.uses(Placeholder::Branch));
     Vars {
         version: config.version.clone(),
         git_sha: needs_git
@@ -92,16 +164,22 @@ fn vars(package: &Package) -> Vars {
             .flatten(),
         branch: needs_branch
             .then(|| {
-                git::branch_from_env(|v| std::env::var(v).ok())
+                branch
+                    .map(str::to_string)
+                    .or_else(|| git::branch_from_env(|v| std::env::var(v).ok()))
                     .or_else(|| git::head_branch(&config.manifest_dir))
             })
             .flatten(),
     }
 }
 
-fn check(select: &SelectArgs) -> anyhow::Result<()> {
-    for package in load(select)? {
-        println!("{}", describe(&package));
+fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let packages = load(&args.select).map_err(Failure::config)?;
+    for package in packages {
+        match args.graph {
+            Some(format) => println!("{}", graph::render(&package, format)),
+            None => println!("{}", describe(&package)),
+        }
     }
     Ok(())
 }
@@ -117,8 +195,10 @@ pub fn describe(package: &Package) -> String {
     for stage in &graph.stages {
         let needs: Vec<String> = stage.deps.iter().map(|&d| graph.label(d)).collect();
         let mut marks = Vec::new();
-        if let Some(tag) = package.cached.get(&stage.index) {
-            marks.push(format!("cached as `{}:{tag}`", package.config.cache_image));
+        if package.config.cache == CacheMode::Inline {
+            if let Some(tag) = package.cached.get(&stage.index) {
+                marks.push(format!("cached as `{}:{tag}`", package.config.cache_image));
+            }
         }
         if stage.index == package.target {
             marks.push("final target".to_string());
@@ -138,34 +218,141 @@ pub fn describe(package: &Package) -> String {
             },
         ));
     }
+    if package.config.cache == CacheMode::Registry {
+        out.push_str(&format!(
+            "  registry cache: `{}:{}`\n",
+            package.config.cache_image, package.config.cache_tag
+        ));
+    }
     out
 }
 
-fn build(args: &BuildArgs) -> anyhow::Result<()> {
-    let packages = load(&args.select)?;
+fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.starts_with('-') => {
+                Ok((k.to_string(), v.to_string()))
+            }
+            _ => bail!("option `--build-arg`: `{a}` is not `KEY=VALUE`"),
+        })
+        .collect()
+}
+
+/// Warnings about the configuration that are not errors.
+fn lint(package: &Package, reporter: &Reporter) {
+    let context = &package.config.context;
+    let ignored = context.join(".dockerignore").is_file()
+        || package
+            .config
+            .dockerfile
+            .with_extension("dockerignore")
+            .is_file()
+        || PathBuf::from(format!(
+            "{}.dockerignore",
+            package.config.dockerfile.display()
+        ))
+        .is_file();
+    if !ignored && context.join("target").is_dir() {
+        reporter.warning(&format!(
+            "the build context `{}` holds a `target/` folder and has no `.dockerignore`: docker sends all of it to the builder on every build\nnote: add a `.dockerignore` with the line `target`",
+            context.display()
+        ));
+    }
+}
+
+fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    let loaded = load_with_metadata(&args.select).map_err(Failure::config)?;
+    let push = if args.push {
+        Push::All
+    } else if args.push_cache_only {
+        Push::CacheOnly
+    } else {
+        Push::Nothing
+    };
     let options = plan::Options {
         docker: engine::docker_program(),
-        push: args.push,
+        push,
         pull_cache: args.pull_cache,
+        builder: args.builder.clone(),
+        load: args.load,
+        no_cache: args.no_cache,
+        build_args: parse_build_args(&args.build_args).map_err(Failure::config)?,
+        tags: args.tags.clone(),
     };
-    let with_vars: Vec<(Package, Vars)> = packages
-        .into_iter()
-        .map(|p| {
-            let v = vars(&p);
-            (p, v)
-        })
-        .collect();
-    let plan = plan::plan(&with_vars, &options)?;
+    if let Some(branch) = &args.branch {
+        if branch.starts_with('-') || branch.trim().is_empty() {
+            return Err(Failure::config(anyhow::anyhow!(
+                "option `--branch`: `{branch}` is not a branch name"
+            )));
+        }
+    }
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+        reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
+    }
+    let mut inputs = Vec::new();
+    for Loaded {
+        package,
+        labels: mut source,
+    } in loaded
+    {
+        lint(&package, reporter);
+        let vars = vars(&package, args.branch.as_deref());
+        source.revision = git::head_sha(&package.config.manifest_dir);
+        source.created = git::head_time(&package.config.manifest_dir);
+        let labels = crate::labels::oci_labels(&source, &package.config.labels);
+        inputs.push(Input {
+            package,
+            vars,
+            labels,
+        });
+    }
+    let plan = plan::plan(&inputs, &options).map_err(Failure::config)?;
+    reporter.event(report::plan_event(&plan));
     if args.dry_run {
-        print!("{}", plan.to_shell());
+        reporter.stdout(&plan.to_shell());
         return Ok(());
     }
-    let engine = engine::preflight(&options.docker)?;
-    let run = exec::run(&plan, &engine);
-    eprint!("{}", report::summary(&plan, &run));
-    if let Some(failure) = run.failure() {
-        bail!("{failure}");
+
+    let needs = engine::Needs {
+        buildx: options.builder.is_some()
+            || inputs.iter().any(|i| {
+                let c = &i.package.config;
+                c.cache == CacheMode::Registry
+                    || c.platforms.len() > 1
+                    || c.provenance.is_some()
+                    || c.sbom.is_some()
+            }),
+        cache_export: inputs
+            .iter()
+            .any(|i| i.package.config.cache == CacheMode::Registry)
+            && push != Push::Nothing,
+        multi_platform: inputs.iter().any(|i| i.package.config.platforms.len() > 1),
+        builder: options.builder.clone(),
+    };
+    let engine = engine::preflight(&options.docker)
+        .and_then(|engine| engine.check(&needs).map(|()| engine))
+        .map_err(Failure::engine)?;
+    let run = exec::run(
+        &plan,
+        &engine,
+        exec::ExecOptions {
+            jobs: usize::from(args.jobs),
+        },
+        reporter,
+    );
+    let reports = report::stage_reports(&plan, &run);
+    for warning in report::silent_misses(&plan, &run) {
+        reporter.warning(&warning);
     }
-    eprintln!("{:>12} in {:.1}s", "Finished", run.seconds);
+    eprint!("{}", report::summary(&reports));
+    let success = run.failure().is_none() && run.interrupted.is_none();
+    reporter.event(report::finished_event(success, run.seconds, &reports));
+    if let Some(signal) = run.interrupted {
+        return Err(Failure::signal(signal));
+    }
+    if let Some(failure) = run.failure() {
+        return Err(Failure::build(anyhow::anyhow!("{failure}")));
+    }
+    reporter.status("Finished", &format!("in {:.1}s", run.seconds));
     Ok(())
 }

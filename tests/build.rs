@@ -20,7 +20,7 @@ fn three_generations(cli: &Path) {
     let registry = tools.registry().unwrap();
     let manifest = service(&tools, &registry);
     let manifest = manifest.to_str().unwrap();
-    let build = ["build", "--manifest-path", manifest, "--push"];
+    let build = ["build", "-v", "--manifest-path", manifest, "--push"];
 
     let first = tools.engine().unwrap();
     let cold = tool(cli, &first, &build);
@@ -217,5 +217,13 @@ fn dry_run_prints_the_plan_and_needs_no_engine() {
         2 + 2 + 2,
         "two builds, two cache pushes, two final tags:\n{stdout}"
     );
-    assert!(lines[0].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile"), "{stdout}");
+    // The final target first; the intermediate stage after it, to tag and push its cache.
+    assert!(
+        lines[0].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
+        "{stdout}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("--target compile")),
+        "{stdout}"
+    );
 }

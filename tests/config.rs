@@ -117,6 +117,18 @@ fn errors_name_the_culprit() {
         ("image = \"a/b\"\nnetwork = \"--privileged\"", Some(DOCKERFILE), "key `network`: `--privileged` starts with `-`"),
         ("image = \"a/b\"", Some("FROM scratch AS a\nCOPY --from=b / /\nFROM scratch AS b\nCOPY --from=a / /\n"), "cycle"),
         ("image = \"a/b\"", Some("# nothing here\n"), "cannot read the stages of `DIR/Dockerfile`"),
+        ("image = \"a/b\"\ncache = \"s3\"", Some(DOCKERFILE), "key `cache`: `s3` is not a cache mode\nnote: the modes are `inline` and `registry`"),
+        ("image = \"a/b\"\ncache = \"registry\"\ncache-tag = \"c-{git_sha}\"", Some(DOCKERFILE), "key `cache-tag`: `c-{git_sha}` may not use `{git_sha}`"),
+        ("image = \"a/b\"\npush-cache = \"maybe\"", Some(DOCKERFILE), "key `push-cache`: `maybe` is not a policy"),
+        ("image = \"a/b\"\nplatform = [\"linux/amd64\", \"linux/arm64\"]", Some(DOCKERFILE), "key `platform`: a multi-platform image needs `cache = \"registry\"`"),
+        ("image = \"a/b\"\nplatform = \"linux/amd64,linux/arm64\"", Some(DOCKERFILE), "give several platforms as a list"),
+        ("image = \"a/b\"\nplatform = []", Some(DOCKERFILE), "key `platform` is an empty list"),
+        ("image = \"a/b\"\nprovenance = \"--x\"", Some(DOCKERFILE), "key `provenance`: `--x` starts with `-`"),
+        ("image = \"a/b\"\nsecrets = { npm = { env = \"A\", file = \"b\" } }", Some(DOCKERFILE), "key `secrets.npm`: give exactly one of `env` and `file`"),
+        ("image = \"a/b\"\nsecrets = { npm = { value = \"hunter2\" } }", Some(DOCKERFILE), "unknown field `value`, expected `env` or `file`"),
+        ("image = \"a/b\"\nsecrets = { \"-x\" = { env = \"A\" } }", Some(DOCKERFILE), "key `secrets`: `-x` is not a secret id"),
+        ("image = \"a/b\"\nlabels = { \"a b\" = \"x\" }", Some(DOCKERFILE), "key `labels`:"),
+        ("image = \"a/b\"\ndefault-branch = \"\"", Some(DOCKERFILE), "key `default-branch` is empty"),
     ];
     for (table, dockerfile, expected) in cases {
         let message = error(table, *dockerfile);
@@ -161,6 +173,88 @@ fn a_workspace_without_tables_is_an_error() {
     let message = format!("{:#}", load(&dir, &["svc"]).unwrap_err());
     assert!(
         message.contains("package `svc` has no `[package.metadata.docker]` table"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn workspace_defaults_fill_members_and_members_win() {
+    let dir = testbed::temp_dir("workspace").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"api\", \"worker\", \"lib\"]\n\n[workspace.metadata.docker]\nimage = \"127.0.0.1:5000/acme/{package}\"\ndockerfile = \"{workspace}/Dockerfile\"\ncontext = \"{workspace}\"\nbuild-args = { A = \"1\", B = \"2\" }\nstages = { compile = \"compile\" }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("Dockerfile"), DOCKERFILE).unwrap();
+    for (name, table) in [
+        ("api", Some("")),
+        (
+            "worker",
+            Some("build-args = { B = \"3\" }\nstages = { runtime = \"dev\" }\ntags = [\"edge\"]"),
+        ),
+        ("lib", None),
+    ] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let docker = table
+            .map(|t| format!("\n[package.metadata.docker]\n{t}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            dir.join(name).join("Cargo.toml"),
+            format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"lib.rs\"\n{docker}"),
+        )
+        .unwrap();
+        std::fs::write(dir.join(name).join("lib.rs"), "").unwrap();
+    }
+    let packages = load(&dir, &[]).unwrap();
+    let names: Vec<&str> = packages.iter().map(|p| p.config.package.as_str()).collect();
+    assert_eq!(
+        names,
+        ["api", "worker"],
+        "a member opts in with a table of its own"
+    );
+    let (api, worker) = (&packages[0].config, &packages[1].config);
+    assert_eq!(api.image.as_str(), "127.0.0.1:5000/acme/api");
+    assert_eq!(worker.image.as_str(), "127.0.0.1:5000/acme/worker");
+    assert_eq!(
+        api.dockerfile,
+        dir.join("Dockerfile"),
+        "`{{workspace}}` is the workspace root"
+    );
+    assert_eq!(api.context, dir);
+    assert_eq!(api.build_args.get("B").map(String::as_str), Some("2"));
+    assert_eq!(
+        worker.build_args.get("B").map(String::as_str),
+        Some("3"),
+        "a member's keys win"
+    );
+    assert_eq!(
+        worker.build_args.get("A").map(String::as_str),
+        Some("1"),
+        "tables merge key by key"
+    );
+    let stages: Vec<&str> = worker.stages.keys().map(String::as_str).collect();
+    assert_eq!(stages, ["compile", "runtime"]);
+    assert_eq!(
+        worker.tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        ["edge"]
+    );
+
+    // Merge first, validate after: a member's Dockerfile must have the inherited stages.
+    std::fs::write(dir.join("api").join("Dockerfile"), "FROM scratch AS only\n").unwrap();
+    let api_manifest = dir.join("api").join("Cargo.toml");
+    let text = std::fs::read_to_string(&api_manifest).unwrap();
+    std::fs::write(
+        &api_manifest,
+        text.replace(
+            "[package.metadata.docker]\n",
+            "[package.metadata.docker]\ndockerfile = \"Dockerfile\"\n",
+        ),
+    )
+    .unwrap();
+    let message = format!("{:#}", load(&dir, &[]).unwrap_err());
+    assert!(
+        message.contains("package `api`") && message.contains("key `stages.compile`"),
         "{message}"
     );
     std::fs::remove_dir_all(dir).unwrap();

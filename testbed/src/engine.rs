@@ -1,7 +1,9 @@
 //! Docker engines: each one a separate dockerd with its own data, sockets and pid file, as a
 //! fresh CI agent would have.
 
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{mounts, process, temp_dir, tree_bytes, Tools};
+use crate::{mounts, process, temp_dir, tree_bytes, ModernTools, Tools};
 
 /// Longest path a unix socket may have (`sun_path` is 108 bytes with the closing NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -17,8 +19,17 @@ const MAX_SOCKET_PATH: usize = 107;
 /// How long an engine may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long dockerd may take to exit after SIGTERM before it gets SIGKILL.
+/// How long dockerd (and containerd) may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// A modern engine's containerd socket, in its directory.
+const CONTAINERD_SOCKET: &str = "ctrd.sock";
+
+/// A modern engine's containerd pid file, in its directory (written by the testbed).
+const CONTAINERD_PID: &str = "ctrd.pid";
+
+/// A modern engine's containerd log, in its directory.
+const CONTAINERD_LOG: &str = "ctrd.log";
 
 /// Which kind of engine to run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +39,11 @@ pub enum Flavor {
     /// `docker` build driver: no cache export).
     #[default]
     Classic,
+    /// Debian 13's dockerd 26 on a private containerd 1.7, with the containerd image store
+    /// (`"features": {"containerd-snapshotter": true}`): its `docker` build driver exports cache
+    /// (`--cache-to type=registry,...,mode=max`) and builds for several platforms at once, arm64
+    /// steps running under qemu (needs [`Tools::modern`](crate::Tools::modern)).
+    Modern,
 }
 
 /// Where and how to start an engine.
@@ -40,10 +56,14 @@ pub struct EngineOptions {
     pub dir: Option<PathBuf>,
 }
 
-/// A running dockerd, stopped (and, if its directory is temporary, deleted) when dropped.
+/// A running dockerd (and, for [`Flavor::Modern`], its containerd), stopped (and, if its
+/// directory is temporary, deleted) when dropped.
 ///
 /// Its directory holds `sock` (the API socket), `pid`, `dockerd.log`, `daemon.json`, `data` (the
-/// data root), `exec` (the exec root) and `config` (an empty `DOCKER_CONFIG` for clients).
+/// data root), `exec` (the exec root) and `config` (an empty `DOCKER_CONFIG` for clients). A
+/// modern engine's also holds containerd's `ctrd.sock`, `ctrd.pid`, `ctrd.toml`, `ctrd.log`,
+/// `ctrd-root`, `ctrd-state`, and `tmp` (the daemons' `TMPDIR`, so that their temporary mounts
+/// are under the directory too).
 #[derive(Debug)]
 pub struct Engine {
     flavor: Flavor,
@@ -51,12 +71,29 @@ pub struct Engine {
     owns_dir: bool,
     pid: i32,
     child: Option<Child>,
+    containerd: Option<Child>,
     detached: bool,
+}
+
+/// The processes of a started engine.
+struct Daemons {
+    dockerd: Child,
+    containerd: Option<Child>,
 }
 
 impl Engine {
     /// Starts an engine and waits until `docker version` answers through its socket.
+    ///
+    /// A [`Flavor::Modern`] engine first makes sure arm64 emulation is registered
+    /// ([`install::ensure_arm64_emulation`](crate::install::ensure_arm64_emulation)), then starts
+    /// containerd and waits for its socket, then dockerd.
     pub fn start(tools: &Tools, options: EngineOptions) -> Result<Engine> {
+        let modern = match options.flavor {
+            Flavor::Classic => None,
+            Flavor::Modern => Some(tools.modern.as_ref().context(
+                "the modern engine is not installed (dockerd 26 in `/opt/xtask-docker/modern`, qemu, the arm64 busybox); install with `cargo xtask engine install`",
+            )?),
+        };
         let (dir, owns_dir) = match &options.dir {
             Some(dir) => {
                 fs::create_dir_all(dir)
@@ -65,30 +102,37 @@ impl Engine {
             }
             None => (temp_dir("engine")?, true),
         };
-        let result = Self::start_in(tools, options.flavor, &dir);
+        let result = Self::start_in(tools, modern, &dir);
         if result.is_err() && owns_dir {
             let _ = mounts::unmount_under(&dir);
             let _ = fs::remove_dir_all(&dir);
         }
-        let (pid, child) = result?;
+        let daemons = result?;
         Ok(Engine {
             flavor: options.flavor,
             dir,
             owns_dir,
-            pid,
-            child: Some(child),
+            pid: daemons.dockerd.id() as i32,
+            child: Some(daemons.dockerd),
+            containerd: daemons.containerd,
             detached: false,
         })
     }
 
-    fn start_in(tools: &Tools, flavor: Flavor, dir: &Path) -> Result<(i32, Child)> {
-        let Flavor::Classic = flavor;
+    fn start_in(tools: &Tools, modern: Option<&ModernTools>, dir: &Path) -> Result<Daemons> {
         let socket = dir.join("sock");
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            bail!(
-                "socket path `{}` is longer than {MAX_SOCKET_PATH} bytes; set TMPDIR to a shorter directory",
-                socket.display()
-            );
+        let mut sockets = vec![socket.clone()];
+        if modern.is_some() {
+            // containerd also listens on `ADDRESS.ttrpc`.
+            sockets.push(dir.join("ctrd.sock.ttrpc"));
+        }
+        for path in &sockets {
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                bail!(
+                    "socket path `{}` is longer than {MAX_SOCKET_PATH} bytes; set TMPDIR to a shorter directory",
+                    path.display()
+                );
+            }
         }
         let pidfile = dir.join("pid");
         if let Some(pid) = running_in(dir) {
@@ -97,30 +141,37 @@ impl Engine {
                 dir.display()
             );
         }
-        // What a killed engine left: its pid file (dockerd refuses to start while it exists),
-        // helpers such as containerd, mounts.
-        if pidfile.exists() {
-            fs::remove_file(&pidfile)
-                .with_context(|| format!("cannot remove stale pid file `{}`", pidfile.display()))?;
+        // What a killed engine left: its pid files (dockerd refuses to start while it exists),
+        // helpers such as containerd and its shims, mounts.
+        for stale in [pidfile.clone(), dir.join(CONTAINERD_PID)] {
+            if stale.exists() {
+                fs::remove_file(&stale).with_context(|| {
+                    format!("cannot remove stale pid file `{}`", stale.display())
+                })?;
+            }
         }
         process::terminate_mentioning(dir)?;
         mounts::unmount_under(dir)?;
-        // The exec root is run-time state only. A killed engine's `containerd.pid` in there makes
-        // the next dockerd wait forever for that containerd if its pid is still taken (by a
-        // zombie not yet reaped, or by another process).
-        let exec = dir.join("exec");
-        if exec.exists() {
-            fs::remove_dir_all(&exec).with_context(|| {
-                format!("cannot clear the stale exec root `{}`", exec.display())
-            })?;
+        // The exec roots are run-time state only. A killed engine's `containerd.pid` in there
+        // makes the next dockerd wait forever for that containerd if its pid is still taken (by a
+        // zombie not yet reaped, or by another process); a killed containerd's state names shims
+        // that are gone.
+        for runtime in ["exec", "ctrd-state", "tmp"] {
+            let runtime = dir.join(runtime);
+            if runtime.exists() {
+                fs::remove_dir_all(&runtime).with_context(|| {
+                    format!(
+                        "cannot clear the stale run-time state `{}`",
+                        runtime.display()
+                    )
+                })?;
+            }
         }
         for sub in ["data", "exec", "config"] {
             fs::create_dir_all(dir.join(sub))?;
         }
-        fs::write(dir.join("daemon.json"), "{}\n")?;
-        let log = dir.join("dockerd.log");
         let path = |name: &str| dir.join(name).display().to_string();
-        let args = [
+        let mut args = vec![
             "--config-file".to_string(),
             path("daemon.json"),
             "--data-root".to_string(),
@@ -135,19 +186,54 @@ impl Engine {
             "--iptables=false".to_string(),
             "--ip6tables=false".to_string(),
         ];
-        let mut child = process::spawn_daemon(&tools.dockerd, &args, &log)?;
-        let pid = child.id() as i32;
+        let log = dir.join("dockerd.log");
+        let (program, cli, mut containerd) = match modern {
+            None => {
+                fs::write(dir.join("daemon.json"), "{}\n")?;
+                (&tools.dockerd, &tools.cli20, None)
+            }
+            Some(modern) => {
+                crate::install::ensure_arm64_emulation().context("cannot start a modern engine")?;
+                fs::write(
+                    dir.join("daemon.json"),
+                    "{\"features\": {\"containerd-snapshotter\": true}}\n",
+                )?;
+                let containerd = start_containerd(modern, dir)?;
+                args.extend(["--containerd".to_string(), path(CONTAINERD_SOCKET)]);
+                (&modern.dockerd, &tools.cli28, Some(containerd))
+            }
+        };
+        let tmp = dir.join("tmp");
+        let (path_first, env): (&[PathBuf], Vec<(&str, &OsStr)>) = match modern {
+            None => (&[], Vec::new()),
+            Some(modern) => (&modern.path, vec![("TMPDIR", tmp.as_os_str())]),
+        };
+        let spawned = process::spawn_daemon_with(program, &args, &log, path_first, &env);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                abandon(dir, None, containerd.take());
+                return Err(e);
+            }
+        };
         let host = format!("unix://{}", socket.display());
         let sh = Shell::new()?;
-        let cli = &tools.cli20;
         let format = "{{.Server.Version}}";
         let ready = process::wait_for(
             &format!("dockerd in `{}` to answer", dir.display()),
             START_TIMEOUT,
-            Duration::from_millis(100),
+            Duration::from_millis(50),
             || {
                 if let Some(status) = child.try_wait()? {
                     bail!("dockerd exited ({status}) before it answered");
+                }
+                if let Some(status) = containerd
+                    .as_mut()
+                    .map(Child::try_wait)
+                    .transpose()?
+                    .flatten()
+                {
+                    bail!("containerd exited ({status}) before dockerd answered");
                 }
                 if !socket.exists() {
                     return Ok(None);
@@ -161,18 +247,26 @@ impl Engine {
             },
         );
         if let Err(e) = ready {
-            let _ = process::terminate(pid, Duration::from_secs(5));
-            let _ = child.wait();
-            let _ = process::terminate_mentioning(dir);
-            let _ = mounts::unmount_under(dir);
-            let _ = fs::remove_file(&pidfile);
-            return Err(e.context(format!(
+            abandon(dir, Some(child), containerd.take());
+            let mut logs = format!(
                 "engine did not start; last lines of `{}`:\n{}",
                 log.display(),
                 process::tail(&log, 30)
-            )));
+            );
+            if modern.is_some() {
+                let ctrd_log = dir.join(CONTAINERD_LOG);
+                logs.push_str(&format!(
+                    "\nlast lines of `{}`:\n{}",
+                    ctrd_log.display(),
+                    process::tail(&ctrd_log, 15)
+                ));
+            }
+            return Err(e.context(logs));
         }
-        Ok((pid, child))
+        Ok(Daemons {
+            dockerd: child,
+            containerd,
+        })
     }
 
     /// The kind of engine.
@@ -214,22 +308,34 @@ impl Engine {
 
     /// What dockerd logged so far.
     pub fn log(&self) -> String {
-        fs::read(self.dir.join("dockerd.log"))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_lossy(&self.dir.join("dockerd.log"))
     }
 
-    /// Stops dockerd (SIGTERM, SIGKILL after 20 s), unmounts what is left under the directory and
-    /// deletes the directory if it is a temporary one. Problems are printed, not returned.
+    /// What a modern engine's containerd logged so far (empty for a classic engine).
+    pub fn containerd_log(&self) -> String {
+        read_lossy(&self.dir.join(CONTAINERD_LOG))
+    }
+
+    /// The pid of a modern engine's containerd (`None` for a classic engine, whose dockerd runs
+    /// its own).
+    pub fn containerd_pid(&self) -> Option<u32> {
+        containerd_in(&self.dir).map(|p| p as u32)
+    }
+
+    /// Stops dockerd (SIGTERM, SIGKILL after 20 s), then a modern engine's containerd (the same),
+    /// then whatever else names the directory (containerd's shims), unmounts what is left under
+    /// the directory and deletes the directory if it is a temporary one. Problems are printed,
+    /// not returned.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     /// Leaves the engine running after this value is gone (for `cargo xtask engine up`), returns
-    /// its pid. [`Engine::stop_in`] stops it later.
+    /// the pid of dockerd. [`Engine::stop_in`] stops it (and its containerd) later.
     pub fn detach(mut self) -> u32 {
         self.detached = true;
         self.child = None;
+        self.containerd = None;
         self.pid as u32
     }
 
@@ -238,15 +344,18 @@ impl Engine {
         running_in(dir).map(|p| p as u32)
     }
 
-    /// Stops an engine that was started in `dir` and detached, unmounts what it left there and
-    /// removes its pid file; keeps the data. Returns whether an engine was running.
+    /// Stops an engine (either flavour) that was started in `dir` and detached, unmounts what it
+    /// left there and removes its pid files; keeps the data. Returns whether an engine was
+    /// running.
     pub fn stop_in(dir: &Path) -> Result<bool> {
         let dir =
             fs::canonicalize(dir).with_context(|| format!("no directory `{}`", dir.display()))?;
         let pid = running_in(&dir);
-        stop_engine(&dir, pid, None)?;
+        let containerd = containerd_in(&dir);
+        stop_engine(&dir, pid, None, None)?;
         let _ = fs::remove_file(dir.join("pid"));
-        Ok(pid.is_some())
+        let _ = fs::remove_file(dir.join(CONTAINERD_PID));
+        Ok(pid.is_some() || containerd.is_some())
     }
 
     fn shutdown(&mut self) {
@@ -254,7 +363,8 @@ impl Engine {
             return;
         }
         self.detached = true;
-        let result = stop_engine(&self.dir, Some(self.pid), self.child.take()).and_then(|()| {
+        let (child, containerd) = (self.child.take(), self.containerd.take());
+        let result = stop_engine(&self.dir, Some(self.pid), child, containerd).and_then(|()| {
             if self.owns_dir {
                 fs::remove_dir_all(&self.dir)
                     .with_context(|| format!("cannot remove `{}`", self.dir.display()))?;
@@ -282,13 +392,149 @@ fn running_in(dir: &Path) -> Option<i32> {
     (process::alive(pid) && process::mentions(&process::cmdline(pid), dir)).then_some(pid)
 }
 
-fn stop_engine(dir: &Path, pid: Option<i32>, child: Option<Child>) -> Result<()> {
+/// The live containerd whose pid file (written by the testbed) is in `dir` and whose command line
+/// names `dir`.
+fn containerd_in(dir: &Path) -> Option<i32> {
+    let pid = process::read_pidfile(&dir.join(CONTAINERD_PID))?;
+    (process::alive(pid) && process::mentions(&process::cmdline(pid), dir)).then_some(pid)
+}
+
+/// Stops dockerd, then the containerd of a modern engine, then everything else naming `dir`
+/// (shims), and unmounts everything under `dir`.
+fn stop_engine(
+    dir: &Path,
+    pid: Option<i32>,
+    child: Option<Child>,
+    containerd: Option<Child>,
+) -> Result<()> {
     if let Some(pid) = pid {
         process::terminate(pid, STOP_GRACE)?;
     }
     if let Some(mut child) = child {
         child.wait()?;
     }
+    let containerd_pid = containerd
+        .as_ref()
+        .map(|c| c.id() as i32)
+        .or_else(|| containerd_in(dir));
+    if let Some(pid) = containerd_pid {
+        process::terminate(pid, STOP_GRACE)?;
+    }
+    if let Some(mut containerd) = containerd {
+        containerd.wait()?;
+    }
     process::terminate_mentioning(dir)?;
     mounts::unmount_under(dir)
+}
+
+/// Ends what a failed start left running and unmounts what it mounted; removes the pid files.
+fn abandon(dir: &Path, dockerd: Option<Child>, containerd: Option<Child>) {
+    for mut child in dockerd.into_iter().chain(containerd) {
+        let _ = process::terminate(child.id() as i32, Duration::from_secs(5));
+        let _ = child.wait();
+    }
+    let _ = process::terminate_mentioning(dir);
+    let _ = mounts::unmount_under(dir);
+    let _ = fs::remove_file(dir.join("pid"));
+    let _ = fs::remove_file(dir.join(CONTAINERD_PID));
+}
+
+/// A TOML basic string holding `path`.
+fn toml_string(path: &Path) -> String {
+    let text = path.display().to_string();
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// containerd's configuration: no CRI plugin (no Kubernetes here), and the `opt` plugin's folder
+/// inside the engine's directory instead of `/opt/containerd`.
+fn containerd_config(dir: &Path) -> String {
+    format!(
+        "version = 2\n\
+         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+         \n\
+         [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {}\n",
+        toml_string(&dir.join("ctrd-root/opt"))
+    )
+}
+
+/// Starts a modern engine's containerd in `dir` (its own session, the private programs first on
+/// `PATH`, `TMPDIR` inside `dir`), writes its pid file and waits until its socket accepts
+/// connections.
+fn start_containerd(modern: &ModernTools, dir: &Path) -> Result<Child> {
+    for sub in ["ctrd-root", "ctrd-state", "tmp"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let config = dir.join("ctrd.toml");
+    fs::write(&config, containerd_config(dir))
+        .with_context(|| format!("cannot write `{}`", config.display()))?;
+    let socket = dir.join(CONTAINERD_SOCKET);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let args = [
+        "--config".to_string(),
+        path("ctrd.toml"),
+        "--address".to_string(),
+        path(CONTAINERD_SOCKET),
+        "--root".to_string(),
+        path("ctrd-root"),
+        "--state".to_string(),
+        path("ctrd-state"),
+    ];
+    let log = dir.join(CONTAINERD_LOG);
+    let tmp = dir.join("tmp");
+    let mut child = process::spawn_daemon_with(
+        &modern.containerd,
+        &args,
+        &log,
+        &modern.path,
+        &[("TMPDIR", tmp.as_os_str())],
+    )?;
+    let pidfile = dir.join(CONTAINERD_PID);
+    let ready = fs::write(&pidfile, format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write `{}`", pidfile.display()))
+        .and_then(|()| {
+            process::wait_for(
+                &format!("containerd in `{}` to listen", dir.display()),
+                START_TIMEOUT,
+                Duration::from_millis(20),
+                || {
+                    if let Some(status) = child.try_wait()? {
+                        bail!("containerd exited ({status}) before it listened");
+                    }
+                    Ok(UnixStream::connect(&socket).ok().map(|_| ()))
+                },
+            )
+        });
+    if let Err(e) = ready {
+        abandon(dir, None, Some(child));
+        return Err(e.context(format!(
+            "containerd did not start; last lines of `{}`:\n{}",
+            log.display(),
+            process::tail(&log, 30)
+        )));
+    }
+    Ok(child)
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_config_keeps_everything_in_the_engine_dir() {
+        let config = containerd_config(Path::new("/tmp/xtd-engine-1-2"));
+        assert_eq!(
+            config,
+            "version = 2\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             \n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"/tmp/xtd-engine-1-2/ctrd-root/opt\"\n"
+        );
+        assert_eq!(toml_string(Path::new("/a\"b\\c")), r#""/a\"b\\c""#);
+    }
 }

@@ -1,5 +1,8 @@
-//! Installing what the engines need: Debian 12 packages, and the buildx plugin taken out of
-//! Debian 13's `docker-buildx` without touching the system's package state.
+//! Installing what the engines need: Debian 12 packages; the buildx plugin and the modern engine
+//! (dockerd 26 and containerd 1.7) taken out of Debian 13's packages; a static arm64 busybox
+//! taken out of Debian 12's arm64 `busybox-static`. Packages of other releases and architectures
+//! are fetched with private apt lists and unpacked with `dpkg -x`: the system's package state is
+//! never touched by them.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -8,23 +11,51 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::tools::{self, BUILDX_PLUGIN};
+use crate::tools::{self, BUILDX_PLUGIN, EM_AARCH64};
+
+pub use crate::binfmt::ensure_arm64_emulation;
 
 /// Private apt state for fetching from Debian 13: sources, lists, caches, downloads.
 pub const APT_DIR: &str = "/var/cache/xtask-docker/apt";
+
+/// Private apt state for fetching Debian 12's arm64 packages.
+pub const APT_ARM64_DIR: &str = "/var/cache/xtask-docker/apt-arm64";
+
+/// Where Debian 13's `docker.io` and `containerd` are unpacked: the modern engine's dockerd is
+/// `usr/sbin/dockerd` in there, containerd and its runc shim are in `usr/bin`.
+pub const MODERN_DIR: &str = "/opt/xtask-docker/modern";
+
+/// The programs of [`MODERN_DIR`] the modern engine cannot do without.
+pub(crate) const MODERN_PROGRAMS: [&str; 3] = [
+    "usr/sbin/dockerd",
+    "usr/bin/containerd",
+    "usr/bin/containerd-shim-runc-v2",
+];
+
+/// The statically linked arm64 busybox (from Debian 12's arm64 `busybox-static`), to copy into
+/// `FROM scratch` test images built for `linux/arm64`.
+pub const BUSYBOX_ARM64: &str = "/opt/xtask-docker/arm64/busybox";
+
+/// The arm64 emulator Debian 12's `qemu-user-static` registers with `binfmt_misc`.
+pub const QEMU_AARCH64: &str = "/usr/libexec/qemu-binfmt/aarch64-binfmt-P";
 
 /// Used when no Debian mirror can be read from the machine's apt sources.
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Installs what is missing, and only that: the Debian 12 packages when one of their programs is
-/// missing, the buildx plugin when `/usr/libexec/docker/cli-plugins/docker-buildx` is missing.
-/// Prints what it does; errors name the step that failed. Needs root only when something is
-/// missing.
+/// missing (`docker.io`, `containerd`, `runc`, `docker-registry`, `busybox-static`,
+/// `apache2-utils`, `iptables`, `qemu-user-static`, `binfmt-support`); the buildx plugin when
+/// `/usr/libexec/docker/cli-plugins/docker-buildx` is missing; the modern engine when a program of
+/// [`MODERN_DIR`] is missing; the arm64 busybox when [`BUSYBOX_ARM64`] is missing. Then, as root,
+/// makes sure arm64 programs run under emulation ([`ensure_arm64_emulation`]). Prints what it
+/// does; errors name the step that failed. Needs root only when something is missing.
 pub fn install_all() -> Result<()> {
     let sh = Shell::new()?;
+    let modern = tools::find_modern();
     let mut packages: Vec<&str> = tools::find()
         .missing
         .iter()
+        .chain(&modern.missing)
         .filter_map(|m| m.package)
         .collect();
     if tools::which("iptables").is_none() {
@@ -33,10 +64,13 @@ pub fn install_all() -> Result<()> {
     packages.sort_unstable();
     packages.dedup();
     let buildx_missing = !Path::new(BUILDX_PLUGIN).exists();
+    let engine_missing = !modern_engine_present(Path::new(MODERN_DIR));
+    let busybox_missing = modern.busybox_arm64.is_none();
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root && (buildx_missing || !packages.is_empty()) {
-        bail!("`cargo xtask engine install` must run as root: it runs `apt-get` and writes `/usr/libexec/docker/cli-plugins`");
+    let fetches = buildx_missing || engine_missing || busybox_missing;
+    if !root && (fetches || !packages.is_empty()) {
+        bail!("`cargo xtask engine install` must run as root: it runs `apt-get` and writes `/usr/libexec/docker/cli-plugins` and `/opt/xtask-docker`");
     }
     if packages.is_empty() {
         println!("engine install: Debian packages present");
@@ -45,19 +79,56 @@ pub fn install_all() -> Result<()> {
             "engine install: installing {} from Debian 12",
             packages.join(", ")
         );
+        if packages.contains(&"qemu-user-static") {
+            // With binfmt_misc mounted, the package registers its emulators itself.
+            if let Err(e) = crate::binfmt::mount_binfmt_misc() {
+                println!("engine install: {e:#}");
+            }
+        }
         install_packages(&sh, &packages)?;
     }
+    let mut trixie = PrivateApt::new(APT_DIR, "trixie", None);
     if !buildx_missing {
         println!("engine install: buildx plugin present at `{BUILDX_PLUGIN}`");
     } else {
         println!("engine install: fetching the buildx plugin from Debian 13 (`docker-buildx`)");
-        fetch_buildx(&sh)?;
+        fetch_buildx(&sh, &mut trixie)?;
     }
-    let still: Vec<String> = tools::find().missing.into_iter().map(|m| m.what).collect();
+    if !engine_missing {
+        println!("engine install: modern engine present in `{MODERN_DIR}`");
+    } else {
+        println!(
+            "engine install: fetching the modern engine from Debian 13 (`docker.io`, `containerd`)"
+        );
+        fetch_modern_engine(&sh, &mut trixie)?;
+    }
+    if !busybox_missing {
+        println!("engine install: arm64 busybox present at `{BUSYBOX_ARM64}`");
+    } else {
+        println!(
+            "engine install: fetching the arm64 busybox from Debian 12 (`busybox-static:arm64`)"
+        );
+        fetch_busybox_arm64(&sh)?;
+    }
+    if root {
+        ensure_arm64_emulation().context("step `set up arm64 emulation` failed")?;
+        println!("engine install: arm64 emulation registered (`qemu-aarch64` in `/proc/sys/fs/binfmt_misc`)");
+    }
+    let still: Vec<String> = tools::find()
+        .missing
+        .into_iter()
+        .chain(tools::find_modern().missing)
+        .map(|m| m.what)
+        .collect();
     if !still.is_empty() {
         bail!("still missing after installing: {}", still.join(", "));
     }
     Ok(())
+}
+
+/// Whether every program of [`MODERN_PROGRAMS`] is in `dir`.
+fn modern_engine_present(dir: &Path) -> bool {
+    MODERN_PROGRAMS.iter().all(|p| dir.join(p).is_file())
 }
 
 fn install_packages(sh: &Shell, packages: &[&str]) -> Result<()> {
@@ -104,78 +175,183 @@ impl Drop for NoServiceStarts {
     }
 }
 
-/// Downloads `docker-buildx` from trixie with a private sources file and private lists, unpacks
-/// it with `dpkg -x` and copies the plugin into `/usr/libexec/docker/cli-plugins`.
-fn fetch_buildx(sh: &Shell) -> Result<()> {
-    let base = Path::new(APT_DIR);
-    let (lists, cache, parts) = (
-        base.join("lists"),
-        base.join("cache"),
-        base.join("sources.list.d"),
-    );
-    let (download, extract) = (base.join("download"), base.join("extract"));
-    for dir in [&download, &extract] {
-        if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("cannot clear `{}`", dir.display()))?;
+/// apt with its own sources file (one line, `deb MIRROR SUITE main`), lists and caches under
+/// `base`, for downloading packages of another release or architecture without touching the
+/// system's package state. Packages are only ever downloaded, never installed.
+struct PrivateApt {
+    base: PathBuf,
+    suite: &'static str,
+    arch: Option<&'static str>,
+    updated: bool,
+}
+
+impl PrivateApt {
+    fn new(base: &str, suite: &'static str, arch: Option<&'static str>) -> PrivateApt {
+        PrivateApt {
+            base: PathBuf::from(base),
+            suite,
+            arch,
+            updated: false,
         }
     }
-    for dir in [
-        lists.join("partial"),
-        cache.join("archives/partial"),
-        parts.clone(),
-        download.clone(),
-        extract.clone(),
-    ] {
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+
+    fn label(&self) -> String {
+        match self.arch {
+            Some(arch) => format!("{} {arch}", self.suite),
+            None => self.suite.to_string(),
+        }
     }
-    let mirror = find_mirror();
-    let sources = base.join("sources.list");
-    fs::write(&sources, format!("deb {mirror} trixie main\n"))
-        .with_context(|| format!("cannot write `{}`", sources.display()))?;
-    println!(
-        "engine install: private apt sources `{}`: deb {mirror} trixie main",
-        sources.display()
-    );
-    let options = [
-        format!("Dir::Etc::SourceList={}", sources.display()),
-        format!("Dir::Etc::SourceParts={}", parts.display()),
-        format!("Dir::State::Lists={}", lists.display()),
-        format!("Dir::Cache={}", cache.display()),
-        // The private directories belong to root; apt's `_apt` user could not write them.
-        "APT::Sandbox::User=root".to_string(),
-    ];
-    let options: Vec<String> = options
-        .iter()
-        .flat_map(|o| ["-o".to_string(), o.clone()])
-        .collect();
-    let options = &options;
-    cmd!(sh, "apt-get {options...} -q update")
-        .stdin("")
-        .run()
-        .context("step `apt-get update` of the private Debian 13 lists failed")?;
-    {
-        let _cwd = sh.push_dir(&download);
-        cmd!(sh, "apt-get {options...} -q download docker-buildx")
+
+    fn options(&self) -> Vec<String> {
+        let base = &self.base;
+        let mut options = vec![
+            format!(
+                "Dir::Etc::SourceList={}",
+                base.join("sources.list").display()
+            ),
+            format!(
+                "Dir::Etc::SourceParts={}",
+                base.join("sources.list.d").display()
+            ),
+            format!("Dir::State::Lists={}", base.join("lists").display()),
+            format!("Dir::Cache={}", base.join("cache").display()),
+            // The private directories belong to root; apt's `_apt` user could not write them.
+            "APT::Sandbox::User=root".to_string(),
+        ];
+        if let Some(arch) = self.arch {
+            options.push(format!("APT::Architecture={arch}"));
+            options.push(format!("APT::Architectures={arch}"));
+        }
+        options
+            .into_iter()
+            .flat_map(|o| ["-o".to_string(), o])
+            .collect()
+    }
+
+    /// Writes the sources file and runs `apt-get update` on the private lists, once.
+    fn update(&mut self, sh: &Shell) -> Result<()> {
+        if self.updated {
+            return Ok(());
+        }
+        let base = &self.base;
+        for dir in [
+            base.join("lists/partial"),
+            base.join("cache/archives/partial"),
+            base.join("sources.list.d"),
+        ] {
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        }
+        let mirror = find_mirror();
+        let sources = base.join("sources.list");
+        let line = format!("deb {mirror} {} main", self.suite);
+        fs::write(&sources, format!("{line}\n"))
+            .with_context(|| format!("cannot write `{}`", sources.display()))?;
+        println!(
+            "engine install: private apt sources `{}`: {line}",
+            sources.display()
+        );
+        let options = self.options();
+        cmd!(sh, "apt-get {options...} -q update")
             .stdin("")
             .run()
-            .context("step `apt-get download docker-buildx` (Debian 13) failed")?;
+            .with_context(|| {
+                format!(
+                    "step `apt-get update` of the private {} lists failed",
+                    self.label()
+                )
+            })?;
+        self.updated = true;
+        Ok(())
     }
-    let deb = fs::read_dir(&download)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("docker-buildx_") && n.ends_with(".deb"))
-        })
-        .with_context(|| {
-            format!(
-                "step `apt-get download docker-buildx` left no .deb in `{}`",
-                download.display()
-            )
-        })?;
-    cmd!(sh, "dpkg -x {deb} {extract}")
+
+    /// Downloads `packages` into a cleared `download` folder under `base`; returns the .deb file
+    /// of each, in order.
+    fn download(&mut self, sh: &Shell, packages: &[&str]) -> Result<Vec<PathBuf>> {
+        self.update(sh)?;
+        let download = self.base.join("download");
+        clear_dir(&download)?;
+        let options = self.options();
+        {
+            let _cwd = sh.push_dir(&download);
+            cmd!(sh, "apt-get {options...} -q download {packages...}")
+                .stdin("")
+                .run()
+                .with_context(|| {
+                    format!(
+                        "step `apt-get download {}` ({}) failed",
+                        packages.join(" "),
+                        self.label()
+                    )
+                })?;
+        }
+        let files: Vec<PathBuf> = fs::read_dir(&download)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        packages
+            .iter()
+            .map(|package| {
+                files
+                    .iter()
+                    .find(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                            n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+                        })
+                    })
+                    .cloned()
+                    .with_context(|| {
+                        format!(
+                            "step `apt-get download {package}` left no .deb in `{}`",
+                            download.display()
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Removes the downloads and unpacked files (the lists stay for the next time).
+    fn clean(&self) {
+        let _ = fs::remove_dir_all(self.base.join("download"));
+        let _ = fs::remove_dir_all(self.base.join("extract"));
+    }
+}
+
+/// Removes `dir` if it exists and creates it empty.
+fn clear_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("cannot clear `{}`", dir.display()))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))
+}
+
+/// `dpkg -x DEB INTO`.
+fn unpack(sh: &Shell, deb: &Path, into: &Path) -> Result<()> {
+    cmd!(sh, "dpkg -x {deb} {into}")
         .run()
-        .with_context(|| format!("step `dpkg -x {}` failed", deb.display()))?;
+        .with_context(|| format!("step `dpkg -x {}` failed", deb.display()))
+}
+
+/// Copies `from` to `to` (mode 0755) through a temporary name in the same folder, so that `to`
+/// is either the old file or the whole new one.
+fn install_file(from: &Path, to: &Path) -> Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    let partial = dir.join(format!(".{name}.partial"));
+    fs::copy(from, &partial)
+        .and_then(|_| fs::set_permissions(&partial, fs::Permissions::from_mode(0o755)))
+        .and_then(|()| fs::rename(&partial, to))
+        .with_context(|| format!("cannot write `{}`", to.display()))
+}
+
+/// Downloads `docker-buildx` from trixie, unpacks it and copies the plugin into
+/// `/usr/libexec/docker/cli-plugins`.
+fn fetch_buildx(sh: &Shell, apt: &mut PrivateApt) -> Result<()> {
+    let debs = apt.download(sh, &["docker-buildx"])?;
+    let deb = &debs[0];
+    let extract = apt.base.join("extract");
+    clear_dir(&extract)?;
+    unpack(sh, deb, &extract)?;
     let plugin = extract.join("usr/libexec/docker/cli-plugins/docker-buildx");
     if !plugin.is_file() {
         bail!(
@@ -183,21 +359,10 @@ fn fetch_buildx(sh: &Shell) -> Result<()> {
             deb.display()
         );
     }
-    let target = Path::new(BUILDX_PLUGIN);
-    let target_dir = target.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(target_dir)
-        .with_context(|| format!("cannot create `{}`", target_dir.display()))?;
-    let partial = target_dir.join(".docker-buildx.partial");
-    fs::copy(&plugin, &partial)
-        .and_then(|_| fs::set_permissions(&partial, fs::Permissions::from_mode(0o755)))
-        .and_then(|()| fs::rename(&partial, target))
-        .with_context(|| {
-            format!("step `install the plugin` failed: cannot write `{BUILDX_PLUGIN}`")
-        })?;
+    install_file(&plugin, Path::new(BUILDX_PLUGIN)).context("step `install the plugin` failed")?;
     let name = deb.file_name().unwrap_or_default().to_string_lossy();
     println!("engine install: installed `{BUILDX_PLUGIN}` from `{name}`");
-    let _ = fs::remove_dir_all(&extract);
-    let _ = fs::remove_dir_all(&download);
+    apt.clean();
     if let Some(cli) = tools::modern_cli() {
         let version = cmd!(sh, "{cli} buildx version")
             .quiet()
@@ -205,6 +370,86 @@ fn fetch_buildx(sh: &Shell) -> Result<()> {
             .context("step `docker buildx version` failed: the plugin does not run")?;
         println!("engine install: {}", version.trim());
     }
+    Ok(())
+}
+
+/// Downloads `docker.io` and `containerd` from trixie and unpacks both into [`MODERN_DIR`]
+/// (through a temporary folder beside it, renamed when complete). The runc of Debian 12 serves
+/// both engines (trixie's needs a newer glibc).
+fn fetch_modern_engine(sh: &Shell, apt: &mut PrivateApt) -> Result<()> {
+    let debs = apt.download(sh, &["docker.io", "containerd"])?;
+    let target = Path::new(MODERN_DIR);
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let partial = parent.join(".modern.partial");
+    clear_dir(&partial)?;
+    for deb in &debs {
+        unpack(sh, deb, &partial)?;
+    }
+    if !modern_engine_present(&partial) {
+        bail!(
+            "step `dpkg -x`: `{}` lack one of {}",
+            debs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join("`, `"),
+            MODERN_PROGRAMS.map(|p| format!("`{p}`")).join(", ")
+        );
+    }
+    // `usr/bin/docker-init` links to `tini-static` beside it, which is in the `tini` package:
+    // point it at the system's (Debian 12's docker.io depends on tini), or drop it.
+    let init = partial.join("usr/bin/docker-init");
+    let _ = fs::remove_file(&init);
+    let tini = Path::new("/usr/bin/tini-static");
+    if tini.is_file() {
+        std::os::unix::fs::symlink(tini, &init)
+            .with_context(|| format!("cannot create link `{}`", init.display()))?;
+    }
+    if target.exists() {
+        fs::remove_dir_all(target).with_context(|| format!("cannot clear `{MODERN_DIR}`"))?;
+    }
+    fs::rename(&partial, target)
+        .with_context(|| format!("cannot move `{}` to `{MODERN_DIR}`", partial.display()))?;
+    apt.clean();
+    let (dockerd, containerd) = (
+        target.join(MODERN_PROGRAMS[0]),
+        target.join(MODERN_PROGRAMS[1]),
+    );
+    let dockerd_version = cmd!(sh, "{dockerd} --version")
+        .quiet()
+        .read()
+        .context("step `dockerd --version` failed: the modern dockerd does not run")?;
+    let containerd_version = cmd!(sh, "{containerd} --version")
+        .quiet()
+        .read()
+        .context("step `containerd --version` failed: the modern containerd does not run")?;
+    println!(
+        "engine install: unpacked into `{MODERN_DIR}`: {}; {}",
+        dockerd_version.trim(),
+        containerd_version.trim()
+    );
+    Ok(())
+}
+
+/// Downloads Debian 12's arm64 `busybox-static` with private arm64 lists, unpacks it and copies
+/// its `bin/busybox` to [`BUSYBOX_ARM64`].
+fn fetch_busybox_arm64(sh: &Shell) -> Result<()> {
+    let mut apt = PrivateApt::new(APT_ARM64_DIR, "bookworm", Some("arm64"));
+    let debs = apt.download(sh, &["busybox-static"])?;
+    let extract = apt.base.join("extract");
+    clear_dir(&extract)?;
+    unpack(sh, &debs[0], &extract)?;
+    let busybox = extract.join("bin/busybox");
+    if !tools::is_static_elf_for(&busybox, EM_AARCH64) {
+        bail!(
+            "step `dpkg -x`: `{}` has no static arm64 `bin/busybox`",
+            debs[0].display()
+        );
+    }
+    install_file(&busybox, Path::new(BUSYBOX_ARM64))
+        .context("step `install the arm64 busybox` failed")?;
+    let name = debs[0].file_name().unwrap_or_default().to_string_lossy();
+    println!("engine install: installed `{BUSYBOX_ARM64}` from `{name}`");
+    apt.clean();
     Ok(())
 }
 

@@ -8,8 +8,20 @@
 //! assert!(registry.tags("acme/service").unwrap().is_empty());
 //! ```
 //!
+//! Tests that need cache export or several platforms ask for the modern engine (dockerd 26 on its
+//! own containerd, containerd image store) and arm64 emulation:
+//!
+//! ```no_run
+//! let Some(tools) = testbed::require_modern() else { return }; // prints `skipped: ...`
+//! let engine = tools.modern_engine().unwrap();
+//! let arm64_busybox = tools.busybox_arm64().unwrap(); // for `COPY busybox-${TARGETARCH} ...`
+//! // `docker buildx build --cache-to type=registry,ref=...,mode=max --platform
+//! //  linux/amd64,linux/arm64 --push ...` with DOCKER_HOST=engine.host() ...
+//! ```
+//!
 //! Everything is stopped, unmounted and deleted when dropped. Directories left behind by a test
-//! process that was killed are cleaned up by the next process that calls [`require`].
+//! process that was killed are cleaned up by the next process that calls [`require`] or
+//! [`require_modern`].
 
 #![warn(missing_docs)]
 
@@ -22,6 +34,7 @@ use std::sync::{Once, OnceLock};
 
 use anyhow::{Context, Result};
 
+mod binfmt;
 mod engine;
 mod http;
 pub mod install;
@@ -31,7 +44,7 @@ mod registry;
 mod tools;
 
 pub use engine::{Engine, EngineOptions, Flavor};
-pub use registry::{Registry, RegistryOptions};
+pub use registry::{Manifest, Registry, RegistryOptions};
 
 /// The programs the engines, the registry and the test images need, all found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +62,27 @@ pub struct Tools {
     pub busybox: PathBuf,
     /// `htpasswd`, to write the registry's bcrypt password file.
     pub htpasswd: PathBuf,
+    /// The modern engine and what multi-platform builds need, when all of it is installed
+    /// (always there in the tools [`require_modern`] returns).
+    pub modern: Option<ModernTools>,
+}
+
+/// The modern engine (Debian 13's dockerd 26 and containerd 1.7, unpacked into
+/// [`install::MODERN_DIR`]) and what building for arm64 needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModernTools {
+    /// `dockerd` 26.
+    pub dockerd: PathBuf,
+    /// `containerd` 1.7.
+    pub containerd: PathBuf,
+    /// Directories put first on the daemons' `PATH`, so that they find the private
+    /// `containerd-shim-runc-v2`, `docker-proxy` and `docker-init` (`runc` is Debian 12's).
+    pub path: Vec<PathBuf>,
+    /// The arm64 emulator registered with `binfmt_misc` (Debian 12's `qemu-user-static`).
+    pub qemu_aarch64: PathBuf,
+    /// A statically linked arm64 busybox (Debian 12's arm64 `busybox-static`), to copy into
+    /// `FROM scratch` test images built for `linux/arm64`.
+    pub busybox_arm64: PathBuf,
 }
 
 /// Everything a test needs, or the reason it cannot be had.
@@ -56,9 +90,37 @@ pub struct Tools {
 /// Returns `None` after printing `skipped: <reason>` when something is missing, unless the
 /// environment variable `CI` is set: then it panics, naming what is missing and the command that
 /// installs it (`cargo xtask engine install`). It never installs anything itself.
+///
+/// The tools' [`modern`](Tools::modern) part is filled in when it is installed, but not demanded:
+/// see [`require_modern`].
 pub fn require() -> Option<Tools> {
     static FOUND: OnceLock<Result<Tools, String>> = OnceLock::new();
-    match FOUND.get_or_init(find_tools) {
+    settle(FOUND.get_or_init(find_tools))
+}
+
+/// Like [`require`], but also demands the modern engine (dockerd 26 and containerd 1.7 in
+/// [`install::MODERN_DIR`]), arm64 emulation (`qemu-user-static`, `binfmt-support`) and the arm64
+/// busybox ([`install::BUSYBOX_ARM64`]): the returned tools' [`modern`](Tools::modern) is `Some`.
+/// Prints `skipped: <reason>` and returns `None` when something is missing, or panics under `CI`.
+/// The arm64 emulator's registration with the kernel is made when a modern engine starts.
+pub fn require_modern() -> Option<Tools> {
+    static FOUND: OnceLock<Result<Tools, String>> = OnceLock::new();
+    settle(FOUND.get_or_init(|| {
+        let tools = find_tools();
+        let modern = tools::find_modern();
+        match tools {
+            Ok(tools) if tools.modern.is_some() => Ok(tools),
+            Ok(_) => Err(missing_reason(&modern.missing)),
+            Err(reason) if modern.missing.is_empty() => Err(reason),
+            Err(reason) => Err(format!("{reason}; {}", missing_reason(&modern.missing))),
+        }
+    }))
+}
+
+/// What a test gets from a lookup: the tools (after cleaning up leftovers once per process), or
+/// `skipped: <reason>` printed and `None`, or, under `CI`, a panic.
+fn settle(found: &Result<Tools, String>) -> Option<Tools> {
+    match found {
         Ok(tools) => {
             static CLEANED: Once = Once::new();
             CLEANED.call_once(|| {
@@ -74,6 +136,21 @@ pub fn require() -> Option<Tools> {
     }
 }
 
+/// "missing A (Debian package `p`), B; install with `cargo xtask engine install`".
+fn missing_reason(missing: &[tools::Missing]) -> String {
+    let what: Vec<String> = missing
+        .iter()
+        .map(|m| match m.package {
+            Some(p) => format!("{} (Debian package `{p}`)", m.what),
+            None => m.what.clone(),
+        })
+        .collect();
+    format!(
+        "missing {}; install with `cargo xtask engine install`",
+        what.join(", ")
+    )
+}
+
 fn find_tools() -> Result<Tools, String> {
     let found = tools::find();
     let mut problems = Vec::new();
@@ -82,18 +159,7 @@ fn find_tools() -> Result<Tools, String> {
         problems.push("not running as root (engines need root)".to_string());
     }
     if !found.missing.is_empty() {
-        let what: Vec<String> = found
-            .missing
-            .iter()
-            .map(|m| match m.package {
-                Some(p) => format!("{} (Debian package `{p}`)", m.what),
-                None => m.what.clone(),
-            })
-            .collect();
-        problems.push(format!(
-            "missing {}; install with `cargo xtask engine install`",
-            what.join(", ")
-        ));
+        problems.push(missing_reason(&found.missing));
     }
     match found {
         tools::Found {
@@ -111,8 +177,30 @@ fn find_tools() -> Result<Tools, String> {
             registry,
             busybox,
             htpasswd,
+            modern: find_modern_tools(),
         }),
         _ => Err(problems.join("; ")),
+    }
+}
+
+/// The modern tools when all of them are there.
+fn find_modern_tools() -> Option<ModernTools> {
+    match tools::find_modern() {
+        tools::FoundModern {
+            dockerd: Some(dockerd),
+            containerd: Some(containerd),
+            bin_dirs,
+            qemu_aarch64: Some(qemu_aarch64),
+            busybox_arm64: Some(busybox_arm64),
+            missing,
+        } if missing.is_empty() => Some(ModernTools {
+            dockerd,
+            containerd,
+            path: bin_dirs,
+            qemu_aarch64,
+            busybox_arm64,
+        }),
+        _ => None,
     }
 }
 
@@ -120,6 +208,23 @@ impl Tools {
     /// Starts a fresh, empty classic engine (dockerd 20.10) in a new temporary directory.
     pub fn engine(&self) -> Result<Engine> {
         Engine::start(self, EngineOptions::default())
+    }
+
+    /// Starts a fresh, empty modern engine (dockerd 26 on its own containerd, containerd image
+    /// store) in a new temporary directory; an error when [`Tools::modern`] is `None`.
+    pub fn modern_engine(&self) -> Result<Engine> {
+        Engine::start(
+            self,
+            EngineOptions {
+                flavor: Flavor::Modern,
+                ..EngineOptions::default()
+            },
+        )
+    }
+
+    /// The statically linked arm64 busybox, when the modern tools are installed.
+    pub fn busybox_arm64(&self) -> Option<PathBuf> {
+        self.modern.as_ref().map(|m| m.busybox_arm64.clone())
     }
 
     /// Starts a registry without authentication on a free port of 127.0.0.1.

@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +21,17 @@ pub(crate) fn spawn_daemon<S: AsRef<OsStr>>(
     args: &[S],
     log: &Path,
 ) -> Result<Child> {
+    spawn_daemon_with(program, args, log, &[], &[])
+}
+
+/// [`spawn_daemon`] with `path_first` put before the rest of `PATH` and the variables `env` set.
+pub(crate) fn spawn_daemon_with<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    log: &Path,
+    path_first: &[PathBuf],
+    env: &[(&str, &OsStr)],
+) -> Result<Child> {
     let out = File::options()
         .create(true)
         .append(true)
@@ -30,7 +41,8 @@ pub(crate) fn spawn_daemon<S: AsRef<OsStr>>(
     let mut command = Command::new(program);
     command
         .args(args)
-        .env("PATH", daemon_path())
+        .env("PATH", daemon_path(path_first))
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -48,11 +60,16 @@ pub(crate) fn spawn_daemon<S: AsRef<OsStr>>(
         .with_context(|| format!("cannot start `{}`", program.display()))
 }
 
-/// `PATH` with the system's binary directories added when missing.
-fn daemon_path() -> String {
+/// `first`, then `PATH`, with the system's binary directories added when missing.
+fn daemon_path(first: &[PathBuf]) -> String {
     let current = std::env::var("PATH").unwrap_or_default();
-    let mut parts: Vec<&str> = current.split(':').filter(|p| !p.is_empty()).collect();
-    for dir in SYSTEM_PATH {
+    let first: Vec<String> = first.iter().map(|p| p.display().to_string()).collect();
+    let mut parts: Vec<&str> = first.iter().map(String::as_str).collect();
+    for dir in current
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .chain(SYSTEM_PATH)
+    {
         if !parts.contains(&dir) {
             parts.push(dir);
         }
@@ -239,6 +256,17 @@ mod tests {
             dir
         ));
         assert!(!mentions(&args(&["/tmp/xtd-engine-1-10"]), dir));
+    }
+
+    #[test]
+    fn daemon_path_puts_the_given_dirs_first_once() {
+        let path = daemon_path(&[PathBuf::from("/opt/x/usr/sbin"), PathBuf::from("/usr/bin")]);
+        let parts: Vec<&str> = path.split(':').collect();
+        assert_eq!(parts[..2], ["/opt/x/usr/sbin", "/usr/bin"]);
+        assert_eq!(parts.iter().filter(|p| **p == "/usr/bin").count(), 1);
+        for dir in SYSTEM_PATH {
+            assert!(parts.contains(&dir), "{path}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::http::{self, Response};
+use crate::http::{self, Json, Response};
 use crate::{process, temp_dir, tree_bytes, Tools};
 
 /// How long a registry may take to answer after it was started.
@@ -21,6 +21,54 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json";
+
+/// A manifest or image index as the registry serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The `Content-Type` the registry answered with, e.g.
+    /// `application/vnd.oci.image.index.v1+json`.
+    pub media_type: String,
+    /// The `Docker-Content-Digest`, e.g. `sha256:...`.
+    pub digest: String,
+    /// The JSON text.
+    pub body: String,
+}
+
+impl Manifest {
+    /// The platforms an image index or manifest list names, in order, as `os/architecture` or
+    /// `os/architecture/variant` (attestation manifests appear as `unknown/unknown`); empty for a
+    /// single-platform manifest.
+    pub fn platforms(&self) -> Result<Vec<String>> {
+        let json = Json::parse(&self.body)
+            .map_err(|e| anyhow::anyhow!("cannot read manifest `{}`: {e}", self.digest))?;
+        let Some(Json::Array(manifests)) = json.get("manifests") else {
+            return Ok(Vec::new());
+        };
+        let text = |j: Option<&Json>| match j {
+            Some(Json::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        manifests
+            .iter()
+            .map(|m| {
+                let platform = m.get("platform").with_context(|| {
+                    format!("an entry of index `{}` has no `platform`", self.digest)
+                })?;
+                let (os, arch) = (text(platform.get("os")), text(platform.get("architecture")));
+                let (Some(os), Some(arch)) = (os, arch) else {
+                    bail!(
+                        "an entry of index `{}` has no `os` or `architecture`",
+                        self.digest
+                    );
+                };
+                Ok(match text(platform.get("variant")) {
+                    Some(variant) => format!("{os}/{arch}/{variant}"),
+                    None => format!("{os}/{arch}"),
+                })
+            })
+            .collect()
+    }
+}
 
 /// Where and how to start a registry.
 #[derive(Debug, Clone, Default)]
@@ -239,6 +287,28 @@ impl Registry {
         }
     }
 
+    /// The manifest or index `repo:reference` (a tag or digest) as the registry serves it to a
+    /// client that accepts every kind of image, `None` when there is none.
+    pub fn manifest(&self, repo: &str, reference: &str) -> Result<Option<Manifest>> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let response = self.get("GET", &path, Some(MANIFEST_TYPES))?;
+        match response.status {
+            200 => Ok(Some(Manifest {
+                media_type: response
+                    .header("content-type")
+                    .unwrap_or_default()
+                    .to_string(),
+                digest: response
+                    .header("docker-content-digest")
+                    .unwrap_or_default()
+                    .to_string(),
+                body: response.text(),
+            })),
+            404 => Ok(None),
+            status => bail!("`GET {path}` answered {status}: {}", response.text().trim()),
+        }
+    }
+
     /// What the registry logged so far (across restarts).
     pub fn log(&self) -> String {
         fs::read(self.dir.join("registry.log"))
@@ -331,4 +401,39 @@ fn running_in(dir: &Path) -> Option<i32> {
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind `127.0.0.1:0`")?;
     Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(body: &str) -> Manifest {
+        Manifest {
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            digest: "sha256:ab".into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn lists_the_platforms_of_an_index() {
+        let index = manifest(
+            r#"{"schemaVersion":2,"manifests":[
+                {"digest":"sha256:1","platform":{"architecture":"amd64","os":"linux"}},
+                {"digest":"sha256:2","platform":{"architecture":"arm64","os":"linux","variant":"v8"}},
+                {"digest":"sha256:3","platform":{"architecture":"unknown","os":"unknown"}}]}"#,
+        );
+        assert_eq!(
+            index.platforms().unwrap(),
+            ["linux/amd64", "linux/arm64/v8", "unknown/unknown"]
+        );
+        assert!(manifest(r#"{"schemaVersion":2,"layers":[]}"#)
+            .platforms()
+            .unwrap()
+            .is_empty());
+        assert!(manifest(r#"{"manifests":[{"digest":"sha256:1"}]}"#)
+            .platforms()
+            .is_err());
+        assert!(manifest("{").platforms().is_err());
+    }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use xshell::{cmd, Shell};
 
+use crate::install::{BUSYBOX_ARM64, MODERN_DIR, QEMU_AARCH64};
+
 /// Where `engine install` puts the buildx plugin.
 pub(crate) const BUILDX_PLUGIN: &str = "/usr/libexec/docker/cli-plugins/docker-buildx";
 
@@ -20,6 +22,9 @@ const PLUGIN_DIRS: [&str; 4] = [
 
 /// The 20.10 CLI of Debian 12's `docker.io`.
 pub(crate) const CLI20: &str = "/usr/bin/docker";
+
+/// `e_machine` of arm64 ELF files.
+pub(crate) const EM_AARCH64: u16 = 183;
 
 /// Something needed that is not there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +103,72 @@ pub(crate) fn find() -> Found {
     }
 }
 
+/// The modern engine's programs and what multi-platform builds need, and what is missing.
+#[derive(Debug, Clone)]
+pub(crate) struct FoundModern {
+    pub dockerd: Option<PathBuf>,
+    pub containerd: Option<PathBuf>,
+    pub bin_dirs: Vec<PathBuf>,
+    pub qemu_aarch64: Option<PathBuf>,
+    pub busybox_arm64: Option<PathBuf>,
+    pub missing: Vec<Missing>,
+}
+
+/// Looks for the modern engine unpacked by `engine install` (Debian 13's `docker.io` and
+/// `containerd` in [`MODERN_DIR`]), qemu's arm64 emulator with `update-binfmts`, and the static
+/// arm64 busybox.
+pub(crate) fn find_modern() -> FoundModern {
+    let mut missing = Vec::new();
+    let root = Path::new(MODERN_DIR);
+    let mut private = |relative: &str, package: &str| {
+        let path = root.join(relative);
+        if executable(&path) {
+            Some(path)
+        } else {
+            missing.push(Missing {
+                what: format!("`{}` (Debian 13's `{package}`)", path.display()),
+                package: None,
+            });
+            None
+        }
+    };
+    let dockerd = private("usr/sbin/dockerd", "docker.io");
+    let containerd = private("usr/bin/containerd", "containerd");
+    private("usr/bin/containerd-shim-runc-v2", "containerd");
+    let qemu = Path::new(QEMU_AARCH64);
+    let qemu_aarch64 = executable(qemu).then(|| qemu.to_path_buf());
+    if qemu_aarch64.is_none() {
+        missing.push(Missing {
+            what: format!("the arm64 emulator `{QEMU_AARCH64}`"),
+            package: Some("qemu-user-static"),
+        });
+    }
+    if which("update-binfmts").is_none() {
+        missing.push(Missing {
+            what: "`update-binfmts`".to_string(),
+            package: Some("binfmt-support"),
+        });
+    }
+    let busybox = Path::new(BUSYBOX_ARM64);
+    let busybox_arm64 = is_static_elf_for(busybox, EM_AARCH64).then(|| busybox.to_path_buf());
+    if busybox_arm64.is_none() {
+        missing.push(Missing {
+            what: format!(
+                "a static arm64 busybox at `{BUSYBOX_ARM64}` (Debian 12's arm64 `busybox-static`)"
+            ),
+            package: None,
+        });
+    }
+    FoundModern {
+        dockerd,
+        containerd,
+        bin_dirs: vec![root.join("usr/sbin"), root.join("usr/bin")],
+        qemu_aarch64,
+        busybox_arm64,
+        missing,
+    }
+}
+
 /// The buildx plugin, wherever the CLI would find it.
 pub(crate) fn buildx_plugin() -> Option<PathBuf> {
     let home = std::env::var_os("DOCKER_CONFIG")
@@ -172,15 +243,29 @@ pub(crate) fn client_major(version: &str) -> Option<u32> {
 /// Whether `path` is an ELF file without a program interpreter (statically linked), as an image
 /// built `FROM scratch` needs.
 pub(crate) fn is_static_elf(path: &Path) -> bool {
+    elf_head(path).is_some_and(|head| elf_is_static(&head))
+}
+
+/// Whether `path` is a statically linked 64-bit little-endian ELF file for the machine `machine`
+/// (`e_machine`, e.g. [`EM_AARCH64`]).
+pub(crate) fn is_static_elf_for(path: &Path, machine: u16) -> bool {
+    elf_head(path).is_some_and(|head| elf_machine(&head) == Some(machine) && elf_is_static(&head))
+}
+
+/// The first 64 KiB of a file.
+fn elf_head(path: &Path) -> Option<Vec<u8>> {
     let mut head = vec![0u8; 64 * 1024];
-    let Ok(mut file) = File::open(path) else {
-        return false;
-    };
-    let Ok(n) = file.read(&mut head) else {
-        return false;
-    };
+    let n = File::open(path).ok()?.read(&mut head).ok()?;
     head.truncate(n);
-    elf_is_static(&head)
+    Some(head)
+}
+
+/// The `e_machine` field of a 64-bit little-endian ELF header.
+pub(crate) fn elf_machine(head: &[u8]) -> Option<u16> {
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return None;
+    }
+    Some(u16::from_le_bytes([head[0x12], head[0x13]]))
 }
 
 /// Whether the start of a 64-bit little-endian ELF file lists no `PT_INTERP` program header.
@@ -203,6 +288,9 @@ pub(crate) fn elf_is_static(head: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// `e_machine` of x86-64 ELF files.
+    const EM_X86_64: u16 = 62;
+
     #[test]
     fn reads_client_major_versions() {
         assert_eq!(
@@ -219,6 +307,7 @@ mod tests {
     fn elf(program_headers: &[u32]) -> Vec<u8> {
         let mut head = vec![0u8; 64 + 56 * program_headers.len()];
         head[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        head[0x12..0x14].copy_from_slice(&EM_X86_64.to_le_bytes());
         head[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         head[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         head[0x38..0x3a].copy_from_slice(&(program_headers.len() as u16).to_le_bytes());
@@ -237,5 +326,23 @@ mod tests {
         let mut truncated = elf(&[1, 1]);
         truncated.truncate(100);
         assert!(!elf_is_static(&truncated));
+    }
+
+    #[test]
+    fn reads_the_elf_machine() {
+        assert_eq!(elf_machine(&elf(&[1])), Some(EM_X86_64));
+        let mut arm = elf(&[1]);
+        arm[0x12..0x14].copy_from_slice(&EM_AARCH64.to_le_bytes());
+        assert_eq!(elf_machine(&arm), Some(EM_AARCH64));
+        assert_eq!(elf_machine(b"#!/bin/sh\n"), None);
+    }
+
+    #[test]
+    fn the_system_busybox_is_not_arm64() {
+        let busybox = Path::new("/bin/busybox");
+        if cfg!(target_arch = "x86_64") && is_static_elf(busybox) {
+            assert!(is_static_elf_for(busybox, EM_X86_64));
+            assert!(!is_static_elf_for(busybox, EM_AARCH64));
+        }
     }
 }

@@ -95,10 +95,21 @@ pub fn tool(cli: &Path, engine: &Engine, args: &[&str]) -> Run {
     }
 }
 
-/// Whether the build output says that step `name` (e.g. `[compile 3/5] RUN`) came from the cache.
+/// Whether the build output (with `-v`, each line prefixed `[package/stage] `) says that step
+/// `name` (e.g. `[compile 3/5] RUN`) came from the cache in every build that had it.
 pub fn step_cached(stderr: &str, name: &str) -> bool {
-    let numbers: Vec<&str> = stderr
+    let lines: Vec<&str> = stderr
         .lines()
+        .map(|l| {
+            if l.starts_with('[') {
+                l.split_once("] ").map_or(l, |(_, rest)| rest)
+            } else {
+                l
+            }
+        })
+        .collect();
+    let numbers: Vec<&str> = lines
+        .iter()
         .filter_map(|l| {
             let (number, text) = l.strip_prefix('#')?.split_once(' ')?;
             text.starts_with(name).then_some(number)
@@ -107,5 +118,5 @@ pub fn step_cached(stderr: &str, name: &str) -> bool {
     !numbers.is_empty()
         && numbers
             .iter()
-            .all(|n| stderr.lines().any(|l| l == format!("#{n} CACHED")))
+            .all(|n| lines.iter().any(|l| *l == format!("#{n} CACHED")))
 }

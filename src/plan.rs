@@ -273,14 +273,6 @@ fn common(input: &Input, options: &Options) -> Common {
     Common { head, tail }
 }
 
-fn labels(input: &Input) -> Vec<String> {
-    input
-        .labels
-        .iter()
-        .flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")])
-        .collect()
-}
-
 fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
     let package = &input.package;
     let config = &package.config;

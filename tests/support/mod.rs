@@ -11,14 +11,27 @@ use testbed::{Engine, Registry, Tools};
 /// The example service of this repository, copied with busybox into a new temp folder, its
 /// image moved to `registry`. Returns the copy's Cargo.toml.
 pub fn service(tools: &Tools, registry: &Registry) -> PathBuf {
-    let dir = testbed::temp_dir("service").unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service");
-    for entry in ["Cargo.toml", "Dockerfile", "src"] {
-        let from = example.join(entry);
+    example("service", tools, registry)
+}
+
+/// The example `name` (a folder under `examples/`), copied with busybox into a new temp folder,
+/// its image moved to `registry`. Returns the copy's Cargo.toml.
+pub fn example(name: &str, tools: &Tools, registry: &Registry) -> PathBuf {
+    let dir = testbed::temp_dir(name).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let entry = entry.unwrap();
+        let file_name = entry.file_name();
+        if file_name == "busybox" || file_name == "target" {
+            continue;
+        }
+        let from = entry.path();
         if from.is_dir() {
-            testbed::copy_dir(&from, &dir.join(entry)).unwrap();
+            testbed::copy_dir(&from, &dir.join(&file_name)).unwrap();
         } else {
-            std::fs::copy(&from, dir.join(entry)).unwrap();
+            std::fs::copy(&from, dir.join(&file_name)).unwrap();
         }
     }
     std::fs::copy(&tools.busybox, dir.join("busybox")).unwrap();
@@ -34,6 +47,93 @@ pub fn service(tools: &Tools, registry: &Registry) -> PathBuf {
     )
     .unwrap();
     manifest
+}
+
+/// Replaces `from` with `to` in a fixture's file.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "`{from}` is not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// The hand-written script this tool replaces, on `engine`: pull every stage's cache image
+/// (`|| true`), build each stage in order with `--cache-from` every earlier stage's image and
+/// its own, then push every stage image. `stages` are `(stage, image)` in build order.
+pub fn seed_script(
+    cli: &Path,
+    engine: &Engine,
+    context: &Path,
+    stages: &[(&str, String)],
+    build_args: &[&str],
+) {
+    let docker = |args: &[&str], check: bool| {
+        let out = Command::new(cli)
+            .args(args)
+            .env("DOCKER_HOST", engine.host())
+            .env("DOCKER_CONFIG", engine.docker_config())
+            .env("DOCKER_BUILDKIT", "1")
+            .output()
+            .unwrap();
+        assert!(
+            !check || out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (_, image) in stages {
+        docker(&["pull", image], false);
+    }
+    for (i, (stage, image)) in stages.iter().enumerate() {
+        let mut args = vec![
+            "build",
+            "--build-arg",
+            "BUILDKIT_INLINE_CACHE=1",
+            "--network",
+            "none",
+            "--target",
+            stage,
+        ];
+        for arg in build_args {
+            args.extend(["--build-arg", arg]);
+        }
+        for (_, earlier) in &stages[..=i] {
+            args.extend(["--cache-from", earlier.as_str()]);
+        }
+        args.extend(["--tag", image.as_str(), context.to_str().unwrap()]);
+        docker(&args, true);
+    }
+    for (_, image) in stages {
+        docker(&["push", image], true);
+    }
+}
+
+/// JSON events of a run with `--message-format json`.
+pub fn events(run: &Run) -> Vec<serde_json::Value> {
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The `stages` of the `build-finished` event: `(stage, steps, cached)`.
+pub fn stage_counts(run: &Run) -> Vec<(String, u64, u64)> {
+    let events = events(run);
+    let finished = events
+        .iter()
+        .find(|e| e["reason"] == "build-finished")
+        .expect("a build-finished event");
+    finished["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["steps"].as_u64().unwrap(),
+                s["cached"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// What a run of the tool printed and how it ended.
@@ -77,12 +177,18 @@ impl Run {
 
 /// Runs `xtask-docker docker ARGS` with `cli` as the docker CLI against `engine`.
 pub fn tool(cli: &Path, engine: &Engine, args: &[&str]) -> Run {
+    tool_with(cli, engine, args, &[])
+}
+
+/// [`tool`] with more environment variables.
+pub fn tool_with(cli: &Path, engine: &Engine, args: &[&str], env: &[(&str, &str)]) -> Run {
     let output = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
         .arg("docker")
         .args(args)
         .env("DOCKER", cli)
         .env("DOCKER_HOST", engine.host())
         .env("DOCKER_CONFIG", engine.docker_config())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

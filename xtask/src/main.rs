@@ -31,12 +31,20 @@ enum Task {
     Demo,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().task {
         Task::Docker(docker) => docker.run(),
         Task::Engine(task) => engine::run(task),
         Task::Test(args) => test::run(&args),
         Task::Ci(args) => ci::run(&args),
         Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            // 1 a build or push failed, 2 bad configuration, 3 the engine could not be used.
+            std::process::ExitCode::from(u8::try_from(xtask_docker::exit_code(&error)).unwrap_or(1))
+        }
     }
 }

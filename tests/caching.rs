@@ -1,0 +1,351 @@
+//! The caching strategies end to end, on real engines (each a fresh CI agent) and a real
+//! registry: branch caches with fallback, work skipped when nothing changed, exactly the affected
+//! stages rebuilt when something did, independent stages at once, and registry cache on an
+//! engine that can export it.
+
+mod support;
+
+use std::path::Path;
+
+use support::{edit, example, seed_script, stage_counts, tool, Run};
+
+fn ok(run: Run) -> Run {
+    run.assert_ok();
+    run
+}
+
+fn digests(registry: &testbed::Registry, repo: &str, tags: &[&str]) -> Vec<Option<String>> {
+    tags.iter()
+        .map(|t| registry.manifest_digest(repo, t).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_feature_branch_reads_the_default_branch_cache_and_writes_only_its_own() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = example("service", &tools, &registry);
+    edit(
+        &manifest,
+        "compile = \"compile\"",
+        "compile = \"compile-{branch}\"",
+    );
+    edit(&manifest, "runtime = \"dev\"", "runtime = \"dev-{branch}\"");
+    let manifest = manifest.to_str().unwrap();
+
+    let main = tools.engine().unwrap();
+    ok(tool(
+        &tools.cli28,
+        &main,
+        &[
+            "build",
+            "--manifest-path",
+            manifest,
+            "--push",
+            "--branch",
+            "main",
+        ],
+    ));
+    main.stop();
+    let published = ["compile-main", "dev-main", "0.3.1", "latest"];
+    let before = digests(&registry, "acme/service", &published);
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+
+    // A pull request's first build, on a fresh agent.
+    let agent = tools.engine().unwrap();
+    let run = ok(tool(
+        &tools.cli28,
+        &agent,
+        &[
+            "build",
+            "--manifest-path",
+            manifest,
+            "--push-cache-only",
+            "--branch",
+            "feature/login",
+            "--message-format",
+            "json",
+        ],
+    ));
+    for (stage, steps, cached) in stage_counts(&run) {
+        assert!(
+            steps > 0 && cached == steps,
+            "stage {stage}: {cached}/{steps} from the default branch's cache\n{}",
+            run.stderr
+        );
+    }
+    let mut tags = registry.tags("acme/service").unwrap();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            "0.3.1",
+            "compile-feature-login",
+            "compile-main",
+            "dev-feature-login",
+            "dev-main",
+            "latest"
+        ]
+    );
+    assert_eq!(
+        digests(&registry, "acme/service", &published),
+        before,
+        "the default branch's tags kept their digests"
+    );
+}
+
+#[test]
+fn an_unchanged_rebuild_stores_far_less_than_the_seed_script_and_a_change_rebuilds_exactly_its_stages(
+) {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = example("heavy", &tools, &registry);
+    let context = manifest.parent().unwrap().to_path_buf();
+    let path = manifest.to_str().unwrap();
+    // A smaller toolchain than the benchmark's keeps the test quick; the ratio is the same.
+    let size = ["--build-arg", "TOOLCHAIN_MB=24", "--build-arg", "DEPS_MB=8"];
+    let build = |agent: &testbed::Engine, json: bool| {
+        let mut args = vec!["build", "--manifest-path", path, "--push"];
+        args.extend(size);
+        if json {
+            args.extend(["--message-format", "json"]);
+        }
+        ok(tool(&tools.cli20, agent, &args))
+    };
+    let first = tools.engine().unwrap();
+    build(&first, false);
+    first.stop();
+
+    // Nothing changed: our agent against the seed script's, both fresh.
+    let ours = tools.engine().unwrap();
+    let run = build(&ours, true);
+    for (stage, steps, cached) in stage_counts(&run) {
+        assert_eq!(cached, steps, "stage {stage} fully cached:\n{}", run.stderr);
+    }
+    let seed = tools.engine().unwrap();
+    let image = |tag: &str| format!("{}/acme/heavy:{tag}", registry.addr());
+    let seed_stages = [
+        ("compile", image("seed-compile")),
+        ("runtime", image("seed-runtime")),
+    ];
+    seed_script(
+        &tools.cli20,
+        &seed,
+        &context,
+        &seed_stages,
+        &["TOOLCHAIN_MB=24", "DEPS_MB=8"],
+    );
+    // The script's second run is the one to compare: its first filled the seed tags.
+    seed.stop();
+    let seed = tools.engine().unwrap();
+    seed_script(
+        &tools.cli20,
+        &seed,
+        &context,
+        &seed_stages,
+        &["TOOLCHAIN_MB=24", "DEPS_MB=8"],
+    );
+    let (our_bytes, seed_bytes) = (ours.disk_usage(), seed.disk_usage());
+    eprintln!("fresh agent, nothing changed: this tool stored {our_bytes} bytes, the seed script {seed_bytes}");
+    assert!(
+        our_bytes * 3 < seed_bytes,
+        "ours {our_bytes} bytes, the seed script's {seed_bytes}"
+    );
+    ours.stop();
+    seed.stop();
+
+    // One source file changed: the compile stage's last steps and the runtime run again, the
+    // toolchain does not, and both cache tags are pushed anew.
+    let before = digests(&registry, "acme/heavy", &["compile", "runtime"]);
+    edit(
+        &context.join("src/main.rs"),
+        "hello from",
+        "hello again from",
+    );
+    let changed = tools.engine().unwrap();
+    let run = build(&changed, true);
+    let counts = stage_counts(&run);
+    let get = |stage: &str| {
+        counts
+            .iter()
+            .find(|c| c.0 == stage)
+            .cloned()
+            .unwrap_or_else(|| panic!("{stage}: {counts:?}"))
+    };
+    assert_eq!(get("toolchain").2, get("toolchain").1, "{counts:?}");
+    assert_eq!(get("base").2, get("base").1, "{counts:?}");
+    let compile = get("compile");
+    assert_eq!(
+        compile.1 - compile.2,
+        2,
+        "`COPY src` and the RUN after it ran again: {counts:?}"
+    );
+    assert_eq!(
+        get("runtime").2,
+        get("runtime").1 - 1,
+        "only `COPY --from=compile` ran again: {counts:?}"
+    );
+    let after = digests(&registry, "acme/heavy", &["compile", "runtime"]);
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(b, a)| a.is_some() && a != b),
+        "both cache tags pushed anew: {before:?} {after:?}"
+    );
+    changed.stop();
+
+    // And the next fresh agent gets all of it from the cache.
+    let next = tools.engine().unwrap();
+    let run = build(&next, true);
+    for (stage, steps, cached) in stage_counts(&run) {
+        assert_eq!(
+            cached, steps,
+            "stage {stage} after the change:\n{}",
+            run.stderr
+        );
+    }
+}
+
+/// `(start, end)` of the build of `stage`, from the `step-finished` events.
+fn build_interval(run: &Run, stage: &str) -> (String, String) {
+    support::events(run)
+        .iter()
+        .find(|e| e["reason"] == "step-finished" && e["kind"] == "build" && e["stage"] == stage)
+        .map(|e| {
+            (
+                e["start"].as_str().unwrap().to_string(),
+                e["end"].as_str().unwrap().to_string(),
+            )
+        })
+        .unwrap_or_else(|| panic!("no build of `{stage}`:\n{}", run.stdout))
+}
+
+#[test]
+fn independent_stages_build_at_once_and_only_the_changed_one_is_pushed_again() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = example("five-stage", &tools, &registry);
+    let path = manifest.to_str().unwrap();
+    let args = [
+        "build",
+        "--manifest-path",
+        path,
+        "--push",
+        "--jobs",
+        "2",
+        "--message-format",
+        "json",
+    ];
+    let agent = tools.engine().unwrap();
+    let run = ok(tool(&tools.cli28, &agent, &args));
+    // RFC 3339 UTC times of one format compare as text.
+    let (a, b) = (
+        build_interval(&run, "compile-a"),
+        build_interval(&run, "compile-b"),
+    );
+    assert!(
+        a.0 < b.1 && b.0 < a.1,
+        "compile-a {a:?} and compile-b {b:?} overlap"
+    );
+    agent.stop();
+
+    let tags = ["base", "compile-a", "compile-b", "runtime", "latest"];
+    let before = digests(&registry, "acme/five-stage", &tags);
+    edit(
+        &manifest.with_file_name("a").join("source.txt"),
+        "part a",
+        "part a, changed",
+    );
+    let agent = tools.engine().unwrap();
+    let run = ok(tool(&tools.cli28, &agent, &args));
+    let after = digests(&registry, "acme/five-stage", &tags);
+    let changed: Vec<&str> = tags
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (b, a))| b != a)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        changed,
+        ["compile-a", "runtime", "latest"],
+        "only what the change reaches is pushed anew\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classic_one() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = example("five-stage", &tools, &registry);
+    edit(
+        &manifest,
+        "network = \"none\"",
+        "network = \"none\"\ncache = \"registry\"\nprovenance = false",
+    );
+    let path = manifest.to_str().unwrap();
+    let args = [
+        "build",
+        "-v",
+        "--manifest-path",
+        path,
+        "--push",
+        "--message-format",
+        "json",
+    ];
+
+    let classic = tools.engine().unwrap();
+    let refused = tool(&tools.cli28, &classic, &args);
+    assert_eq!(refused.output.status.code(), Some(3), "{}", refused.stderr);
+    assert!(refused.stderr.contains("the builder cannot export a registry cache: it is the docker driver without the containerd image store"), "{}", refused.stderr);
+    assert!(
+        !support::events(&refused)
+            .iter()
+            .any(|e| e["reason"] == "step-started"),
+        "no work before the refusal"
+    );
+    classic.stop();
+
+    let first = tools.modern_engine().unwrap();
+    ok(tool(&tools.cli28, &first, &args));
+    first.stop();
+    let mut tags = registry.tags("acme/five-stage").unwrap();
+    tags.sort();
+    assert_eq!(tags, ["buildcache", "latest"]);
+
+    let second = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &second, &args));
+    for (stage, steps, cached) in stage_counts(&run) {
+        assert!(
+            steps > 0 && cached == steps,
+            "stage {stage}: {cached}/{steps} from the registry cache\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn examples_are_valid() {
+    // The examples' tables check against their Dockerfiles (no engine needed).
+    for name in ["service", "five-stage", "heavy"] {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name)
+            .join("Cargo.toml");
+        let packages = xtask_docker::workspace::load(&xtask_docker::cli::SelectArgs {
+            packages: Vec::new(),
+            manifest_path: Some(manifest),
+        })
+        .unwrap();
+        assert_eq!(packages.len(), 1);
+    }
+}

@@ -161,6 +161,11 @@ fn preflight_names_a_dead_daemon_and_a_missing_cli() {
             .env("DOCKER_HOST", host)
             .output()
             .unwrap();
+        // Exit code 3: the engine could not be used.
+        assert!(
+            out.status.success() || out.status.code() == Some(3),
+            "{out:?}"
+        );
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -225,5 +230,54 @@ fn dry_run_prints_the_plan_and_needs_no_engine() {
     assert!(
         lines.iter().any(|l| l.contains("--target compile")),
         "{stdout}"
+    );
+}
+
+/// A stand-in `docker` that answers `--version` with `version` and fails everything else: enough
+/// to check how the preflight reads a CLI (a fake CLI is for this kind of check only).
+fn fake_cli(version: &str) -> std::path::PathBuf {
+    let dir = testbed::temp_dir("fake-cli").unwrap();
+    let path = dir.join("docker");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{version}'; exit 0; fi\necho \"unknown command: $1\" >&2\nexit 1\n"),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).unwrap();
+    path
+}
+
+#[test]
+fn preflight_names_a_missing_buildx_plugin_and_podman() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/Cargo.toml");
+    let run = |docker: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+            .args([
+                "docker",
+                "build",
+                "--manifest-path",
+                manifest.to_str().unwrap(),
+            ])
+            .env("DOCKER", docker)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&fake_cli("Docker version 28.2.2, build e6534b4"));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("(28.2.2) needs the buildx plugin for BuildKit builds, and it is missing"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&fake_cli("podman version 4.3.1"));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("is Podman (`podman version 4.3.1`), which is not supported yet"),
+        "{stderr}"
     );
 }

@@ -181,6 +181,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                     "time": report::rfc3339(SystemTime::now()),
                 }));
                 announce(reporter, step);
+                reporter.started(step.id, &labels[step.id]);
                 let (step, engine, tx, running, cancelled) = (
                     step.clone(),
                     engine.clone(),
@@ -199,7 +200,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
         }
         let Ok(msg) = rx.recv() else { break };
         match msg {
-            Msg::Line(id, line) => reporter.output(&labels[id], &line),
+            Msg::Line(id, line) => reporter.output(id, &labels[id], &line),
             Msg::Signal(signal) => {
                 if result.interrupted.is_none() {
                     result.interrupted = Some(signal);
@@ -225,6 +226,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                     }
                     report_imports(reporter, progress, &mut reported_imports);
                 }
+                reporter.ended(step.id);
                 finish(reporter, plan, step, &step_result, &labels[step.id]);
                 result.steps.push(*step_result);
                 if !ok && !stop {

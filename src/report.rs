@@ -23,21 +23,62 @@ pub enum Verbosity {
 }
 
 /// Where messages go: human text on stderr, and with JSON events, one object a line on stdout.
+/// On a terminal, each running step also has a live line with what BuildKit is doing.
 pub struct Reporter {
     json: bool,
     verbosity: Verbosity,
     color: bool,
     lock: Mutex<()>,
+    live: Option<Live>,
+}
+
+/// The live lines of running steps (indicatif), on a terminal only: CI logs get plain lines.
+struct Live {
+    bars: indicatif::MultiProgress,
+    running: Mutex<BTreeMap<usize, indicatif::ProgressBar>>,
 }
 
 impl Reporter {
     /// A reporter; `color` is decided by the caller (`--color`, and whether stderr is a terminal).
+    /// Live lines are shown when stderr is a terminal, at normal verbosity, without JSON.
     pub fn new(json: bool, verbosity: Verbosity, color: bool) -> Reporter {
+        let live = (!json && verbosity == Verbosity::Normal && std::io::stderr().is_terminal())
+            .then(|| Live {
+                bars: indicatif::MultiProgress::with_draw_target(
+                    indicatif::ProgressDrawTarget::stderr(),
+                ),
+                running: Mutex::new(BTreeMap::new()),
+            });
         Reporter {
             json,
             verbosity,
             color,
             lock: Mutex::new(()),
+            live,
+        }
+    }
+
+    /// A step started: on a terminal, it gets a live line.
+    pub fn started(&self, id: usize, label: &str) {
+        let Some(live) = &self.live else { return };
+        let bar = live.bars.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(label.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        if let Ok(mut running) = live.running.lock() {
+            running.insert(id, bar);
+        }
+    }
+
+    /// A step ended: its live line goes.
+    pub fn ended(&self, id: usize) {
+        let Some(live) = &self.live else { return };
+        if let Some(bar) = live.running.lock().ok().and_then(|mut r| r.remove(&id)) {
+            bar.finish_and_clear();
+            live.bars.remove(&bar);
         }
     }
 
@@ -53,7 +94,15 @@ impl Reporter {
 
     fn err_line(&self, line: &str) {
         let _guard = self.lock.lock();
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        match &self.live {
+            // Printed above the live lines, which redraw below it.
+            Some(live) => {
+                let _ = live.bars.println(line);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -93,10 +142,21 @@ impl Reporter {
         self.err_line(&format!("{tag}: {message}"));
     }
 
-    /// One line of a step's own output, shown when verbose.
-    pub fn output(&self, label: &str, line: &str) {
+    /// One line of a step's own output: shown when verbose; on a terminal, a step's BuildKit
+    /// vertex names become its live line.
+    pub fn output(&self, id: usize, label: &str, line: &str) {
         if self.verbosity >= Verbosity::Verbose {
             self.err_line(&format!("[{label}] {line}"));
+        }
+        let Some(live) = &self.live else { return };
+        // `#12 [compile 3/5] RUN cargo build`: what the step is doing now.
+        let Some((_, text)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
+            return;
+        };
+        if text.starts_with('[') || text.starts_with("exporting") || text.starts_with("importing") {
+            if let Some(bar) = live.running.lock().ok().and_then(|r| r.get(&id).cloned()) {
+                bar.set_message(text.to_string());
+            }
         }
     }
 

@@ -22,39 +22,72 @@ pub fn branch_from_env(get: impl Fn(&str) -> Option<String>) -> Option<String> {
         .find(|b| !b.trim().is_empty())
 }
 
-/// The commit checked out in `dir`, or `None` outside a git checkout (or without git).
-pub fn head_sha(dir: &Path) -> Option<String> {
-    let sh = Shell::new().ok()?;
-    sh.change_dir(dir);
-    let sha = cmd!(sh, "git rev-parse --verify -q HEAD")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .ok()?;
-    (!sha.is_empty()).then_some(sha)
+/// What one `git log` tells of the checkout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    /// The commit.
+    pub sha: String,
+    /// Its committer time (strict ISO 8601), so that two builds of one commit agree on it.
+    pub time: String,
+    /// The branch checked out; `None` on a detached HEAD.
+    pub branch: Option<String>,
 }
 
-/// The branch checked out in `dir`; `None` on a detached HEAD or outside a git checkout.
-pub fn head_branch(dir: &Path) -> Option<String> {
+/// The checkout of `dir`, from a single `git log` (the overhead of a dry run matters);
+/// `None` outside a git checkout or without git.
+pub fn head(dir: &Path) -> Option<Head> {
     let sh = Shell::new().ok()?;
     sh.change_dir(dir);
-    let branch = cmd!(sh, "git symbolic-ref --short -q HEAD")
+    let out = cmd!(sh, "git log -1 --format=%H%x00%cI%x00%D HEAD")
         .quiet()
         .ignore_stderr()
         .read()
         .ok()?;
-    (!branch.is_empty()).then_some(branch)
+    parse_head(&out)
 }
 
-/// The committer time of the commit checked out in `dir` (strict ISO 8601), so that two builds
-/// of one commit agree on it.
-pub fn head_time(dir: &Path) -> Option<String> {
-    let sh = Shell::new().ok()?;
-    sh.change_dir(dir);
-    let time = cmd!(sh, "git log -1 --format=%cI HEAD")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .ok()?;
-    (!time.is_empty()).then_some(time)
+/// Reads `SHA\0TIME\0DECORATIONS`; the branch is the `HEAD -> NAME` decoration.
+fn parse_head(out: &str) -> Option<Head> {
+    let mut fields = out.trim_end().splitn(3, '\0');
+    let sha = fields.next().filter(|s| s.len() >= 7)?.to_string();
+    let time = fields.next().unwrap_or_default().to_string();
+    let branch = fields
+        .next()
+        .unwrap_or_default()
+        .split(", ")
+        .find_map(|d| d.strip_prefix("HEAD -> "))
+        .map(str::to_string);
+    Some(Head { sha, time, branch })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_git_log_line() {
+        let head = parse_head(
+            "0123abc\u{0}2026-11-27T20:00:00+00:00\u{0}HEAD -> feature/x, origin/main\n",
+        )
+        .unwrap();
+        assert_eq!(head.sha, "0123abc");
+        assert_eq!(head.time, "2026-11-27T20:00:00+00:00");
+        assert_eq!(head.branch.as_deref(), Some("feature/x"));
+        let detached =
+            parse_head("0123abc\u{0}2026-11-27T20:00:00+00:00\u{0}HEAD, tag: v1.0\n").unwrap();
+        assert_eq!(detached.branch, None);
+        assert_eq!(parse_head(""), None);
+    }
+
+    #[test]
+    fn ci_variables_in_order() {
+        let env = |v: &str| match v {
+            "GITHUB_HEAD_REF" => Some(String::new()),
+            "GITHUB_REF_NAME" => Some("main".to_string()),
+            "CI_COMMIT_REF_NAME" => Some("other".to_string()),
+            _ => None,
+        };
+        assert_eq!(branch_from_env(env).as_deref(), Some("main"));
+        assert_eq!(branch_from_env(|_| None), None);
+    }
 }

@@ -12,7 +12,7 @@ use crate::labels::LabelSource;
 use crate::package::Package;
 use crate::plan::{Input, Push};
 use crate::report::{Reporter, Verbosity};
-use crate::template::{Placeholder, Vars};
+use crate::template::Vars;
 use crate::{engine, exec, git, graph, plan, report, Docker};
 
 /// Runs a parsed `docker` command.
@@ -145,31 +145,16 @@ pub fn load_with_metadata(select: &SelectArgs) -> anyhow::Result<Vec<Loaded>> {
     Ok(loaded)
 }
 
-/// The values a package's tags are filled with; git is asked only when a tag needs it.
-fn vars(package: &Package, branch: Option<&str>) -> Vars {
-    let config = &package.config;
-    let templates = || {
-        config
-            .tags
-            .iter()
-            .chain(package.cached.values())
-            .chain(std::iter::once(&config.cache_tag))
-    };
-    let needs_git = templates().any(|t| t.needs_git());
-    let needs_branch = templates().any(|t| t.uses(Placeholder::Branch));
+/// The values a package's tags are filled with: the branch from `--branch`, else the CI's
+/// variables, else git.
+fn vars(package: &Package, branch: Option<&str>, head: Option<&git::Head>) -> Vars {
     Vars {
-        version: config.version.clone(),
-        git_sha: needs_git
-            .then(|| git::head_sha(&config.manifest_dir))
-            .flatten(),
-        branch: needs_branch
-            .then(|| {
-                branch
-                    .map(str::to_string)
-                    .or_else(|| git::branch_from_env(|v| std::env::var(v).ok()))
-                    .or_else(|| git::head_branch(&config.manifest_dir))
-            })
-            .flatten(),
+        version: package.config.version.clone(),
+        git_sha: head.map(|h| h.sha.clone()),
+        branch: branch
+            .map(str::to_string)
+            .or_else(|| git::branch_from_env(|v| std::env::var(v).ok()))
+            .or_else(|| head.and_then(|h| h.branch.clone())),
     }
 }
 
@@ -289,6 +274,10 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
         reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
     }
+    // One git call for the whole run: a workspace's packages share one checkout.
+    let head = loaded
+        .first()
+        .and_then(|l| git::head(&l.package.config.manifest_dir));
     let mut inputs = Vec::new();
     for Loaded {
         package,
@@ -296,9 +285,9 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     } in loaded
     {
         lint(&package, reporter);
-        let vars = vars(&package, args.branch.as_deref());
-        source.revision = git::head_sha(&package.config.manifest_dir);
-        source.created = git::head_time(&package.config.manifest_dir);
+        let vars = vars(&package, args.branch.as_deref(), head.as_ref());
+        source.revision = head.as_ref().map(|h| h.sha.clone());
+        source.created = head.as_ref().map(|h| h.time.clone());
         let labels = crate::labels::oci_labels(&source, &package.config.labels);
         inputs.push(Input {
             package,

@@ -456,3 +456,74 @@ fn plain_value(key: &str, value: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Any JSON value, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "-x",
+                "{branch}",
+                "{git_sha}",
+                "a/b",
+                "latest",
+                "{",
+                "}",
+                "..",
+                "Dockerfile",
+                "."
+            ])
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A table whose keys are mostly the real ones, with values of any type.
+    fn table() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            prop::sample::select(KEYS.to_vec()).prop_map(str::to_string),
+            ".{0,8}"
+        ];
+        prop::collection::btree_map(key, json(), 0..8)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Any table in: an error or a config out, never a panic; and a merge never panics.
+        #[test]
+        fn any_table_is_an_error_or_a_config(own in table(), defaults in table()) {
+            // A package folder with a Dockerfile, so that validation goes past the paths.
+            let dir = std::env::temp_dir().join("xtask-docker-config-property");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("Dockerfile"), "FROM scratch AS a\n").unwrap();
+            let origin = Origin {
+                package: "p".into(),
+                version: "1.0.0".into(),
+                manifest_path: dir.join("Cargo.toml"),
+                workspace_root: dir.clone(),
+            };
+            let defaults = RawConfig::from_json(&defaults).unwrap_or_default();
+            if let Ok(raw) = RawConfig::from_json(&own) {
+                let _ = raw.over(&defaults).validate(&origin);
+            }
+        }
+    }
+}

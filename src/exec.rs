@@ -426,7 +426,17 @@ fn run_step(
                     let stage = progress
                         .failed_stage()
                         .unwrap_or_else(|| build.stage.clone());
-                    let errors = progress.errors();
+                    let mut errors = progress.errors();
+                    // A failed cache export is a registry problem: say which, and the way out.
+                    if let Some(cache) = &build.exports {
+                        let problem = RegistryProblem::classify(&errors.join("\n"));
+                        if problem != RegistryProblem::Other {
+                            errors.push(format!(
+                                "{}\nnote: with `push-cache = \"best-effort\"` or `--push-cache-only` a failed cache export is a warning",
+                                problem.describe(cache)
+                            ));
+                        }
+                    }
                     result.outcome = Outcome::Failed(if cancelled.load(Ordering::SeqCst) {
                         format!(
                             "the build of stage `{stage}` of package `{}` was stopped",
@@ -443,6 +453,24 @@ fn run_step(
                 }
                 result.output = out.text;
                 result.progress = Some(progress);
+                // `ignore-error=true` hides a failed export: look whether the cache is there.
+                if let (Some(cache), true, Outcome::Done) =
+                    (&build.exports, build.export_best_effort, &result.outcome)
+                {
+                    match engine.registry_has(cache) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            result.outcome = Outcome::Warning(format!(
+                                "the registry cache `{cache}` was not written (the export is best-effort)"
+                            ))
+                        }
+                        Err(e) => {
+                            result.outcome = Outcome::Warning(format!(
+                                "the registry cache `{cache}` could not be checked: {e}"
+                            ))
+                        }
+                    }
+                }
             }
         }
         Action::Push {

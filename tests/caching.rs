@@ -349,3 +349,61 @@ fn examples_are_valid() {
         assert_eq!(packages.len(), 1);
     }
 }
+
+#[test]
+fn a_best_effort_registry_cache_export_is_checked_afterwards() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    let good = tools.registry().unwrap();
+    let locked = tools.registry_with_auth("ci", "hunter2").unwrap();
+    for (registry, written) in [(&good, true), (&locked, false)] {
+        let manifest = example("five-stage", &tools, registry);
+        edit(
+            &manifest,
+            "network = \"none\"",
+            "network = \"none\"\ncache = \"registry\"\nprovenance = false",
+        );
+        let path = manifest.to_str().unwrap();
+        let agent = tools.modern_engine().unwrap();
+        let run = tool(
+            &tools.cli28,
+            &agent,
+            &["build", "--manifest-path", path, "--push-cache-only"],
+        );
+        run.assert_ok();
+        let cache = format!("{}/acme/five-stage:buildcache", registry.addr());
+        if written {
+            assert!(
+                !run.stderr.contains("was not written")
+                    && !run.stderr.contains("could not be checked"),
+                "{}",
+                run.stderr
+            );
+            assert!(registry
+                .tags("acme/five-stage")
+                .unwrap()
+                .contains(&"buildcache".to_string()));
+        } else {
+            let warned = run.stderr.contains(&format!(
+                "warning: the registry cache `{cache}` was not written"
+            )) || run.stderr.contains(&format!(
+                "warning: the registry cache `{cache}` could not be checked"
+            ));
+            assert!(warned, "{}", run.stderr);
+            // Without best effort, the same export fails the run and names the registry.
+            let run = tool(
+                &tools.cli28,
+                &agent,
+                &["build", "--manifest-path", path, "--push"],
+            );
+            assert_eq!(run.output.status.code(), Some(1), "{}", run.stderr);
+            assert!(
+                run.stderr
+                    .contains(&format!("the registry of `{cache}` wants credentials")),
+                "{}",
+                run.stderr
+            );
+        }
+    }
+}

@@ -491,3 +491,83 @@ fn a_cache_that_was_imported_yet_missed_is_a_warning() {
             .unwrap_or("")
             .contains("yet none of its")));
 }
+
+#[test]
+fn the_first_failure_stops_the_other_running_builds() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let dir = testbed::temp_dir("two-packages").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"fails\", \"slow\"]\nresolver = \"2\"\n",
+    )
+    .unwrap();
+    for (name, step) in [
+        ("fails", "RUN sleep 1 && false"),
+        ("slow", "RUN sleep 4713"),
+    ] {
+        let package = dir.join(name);
+        std::fs::create_dir_all(&package).unwrap();
+        std::fs::write(
+            package.join("Cargo.toml"),
+            format!(
+                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"lib.rs\"\n\n[package.metadata.docker]\nimage = \"{}/acme/{name}\"\nnetwork = \"none\"\n",
+                registry.addr()
+            ),
+        )
+        .unwrap();
+        std::fs::write(package.join("lib.rs"), "").unwrap();
+        std::fs::copy(&tools.busybox, package.join("busybox")).unwrap();
+        std::fs::write(
+            package.join("Dockerfile"),
+            format!("FROM scratch AS runtime\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{step}\n"),
+        )
+        .unwrap();
+    }
+    let agent = tools.engine().unwrap();
+    let manifest = dir.join("Cargo.toml");
+    let run = tool(
+        &tools.cli28,
+        &agent,
+        &[
+            "build",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "--jobs",
+            "2",
+            "--message-format",
+            "json",
+        ],
+    );
+    assert_eq!(code(&run), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the build of stage `runtime` of package `fails` failed"),
+        "{}",
+        run.stderr
+    );
+    let finished: Vec<serde_json::Value> = events(&run)
+        .into_iter()
+        .filter(|e| e["reason"] == "step-finished" && e["kind"] == "build")
+        .collect();
+    let slow = finished
+        .iter()
+        .find(|e| e["package"] == "slow")
+        .expect("the slow build ended");
+    assert_eq!(slow["success"], false, "{slow}");
+    assert!(
+        slow["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("was stopped"),
+        "{slow}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || processes_with("sleep 4713")
+            .is_empty()),
+        "the slow step is still running"
+    );
+    assert!(!run.stderr.contains("Finished"), "{}", run.stderr);
+}

@@ -1,0 +1,486 @@
+//! The contenders: what each one runs, as argv lists, on which engine, in which scenarios.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use testbed::Flavor;
+
+use super::fixture::{self, Copy, Fixture};
+use super::Scenario;
+
+/// One way of getting the fixture's final image built and pushed (or, for the floors, fetched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    /// The hand-written script on the classic engine.
+    SeedClassic,
+    /// The hand-written script on the modern engine.
+    SeedModern,
+    /// `xtask-docker docker build --push`, inline cache, classic engine.
+    ToolClassic,
+    /// The same with `cache = "registry"` and `provenance = false`, modern engine.
+    ToolRegistry,
+    /// One `docker buildx build --push` reading the tool's inline caches, classic engine.
+    BestClassic,
+    /// One `docker buildx build --push` reading the tool's registry cache, modern engine.
+    BestModern,
+    /// `docker pull` of the final image on a fresh classic engine.
+    Floor,
+    /// `docker manifest inspect` of the final tag: the registry round trips alone.
+    FloorManifest,
+    /// One `docker buildx build --push` of the final target, no cache: the cold lower bound.
+    SingleBuildkit,
+}
+
+/// Every contender, in report order.
+pub const ALL: [Contender; 9] = [
+    Contender::SeedClassic,
+    Contender::SeedModern,
+    Contender::ToolClassic,
+    Contender::ToolRegistry,
+    Contender::BestClassic,
+    Contender::BestModern,
+    Contender::SingleBuildkit,
+    Contender::Floor,
+    Contender::FloorManifest,
+];
+
+/// `--contender` values; some name a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContenderArg {
+    /// The hand-written script on both engines.
+    SeedScript,
+    /// The hand-written script on the classic engine.
+    SeedClassic,
+    /// The hand-written script on the modern engine.
+    SeedModern,
+    /// The tool, inline cache, classic engine.
+    ToolClassic,
+    /// The tool, registry cache, modern engine.
+    ToolRegistry,
+    /// The best one-command BuildKit build on both engines.
+    BestBuildkit,
+    /// The best one-command BuildKit build on the classic engine.
+    BestClassic,
+    /// The best one-command BuildKit build on the modern engine.
+    BestModern,
+    /// `docker pull` of the final image, and `docker manifest inspect` of its tag.
+    Floor,
+    /// One BuildKit build of the final target without caches (cold).
+    SingleBuildkit,
+    /// The tool's own overhead: `--dry-run` against `cargo metadata`.
+    Overhead,
+}
+
+impl ContenderArg {
+    /// The contenders it names (none for `overhead`).
+    pub fn expand(self) -> &'static [Contender] {
+        match self {
+            ContenderArg::SeedScript => &[Contender::SeedClassic, Contender::SeedModern],
+            ContenderArg::SeedClassic => &[Contender::SeedClassic],
+            ContenderArg::SeedModern => &[Contender::SeedModern],
+            ContenderArg::ToolClassic => &[Contender::ToolClassic],
+            ContenderArg::ToolRegistry => &[Contender::ToolRegistry],
+            ContenderArg::BestBuildkit => &[Contender::BestClassic, Contender::BestModern],
+            ContenderArg::BestClassic => &[Contender::BestClassic],
+            ContenderArg::BestModern => &[Contender::BestModern],
+            ContenderArg::Floor => &[Contender::Floor, Contender::FloorManifest],
+            ContenderArg::SingleBuildkit => &[Contender::SingleBuildkit],
+            ContenderArg::Overhead => &[],
+        }
+    }
+}
+
+impl Contender {
+    /// Its short name, also the registry namespace of its images.
+    pub fn id(self) -> &'static str {
+        match self {
+            Contender::SeedClassic => "seed-classic",
+            Contender::SeedModern => "seed-modern",
+            Contender::ToolClassic => "tool-classic",
+            Contender::ToolRegistry => "tool-registry",
+            Contender::BestClassic => "best-classic",
+            Contender::BestModern => "best-modern",
+            Contender::Floor => "floor",
+            Contender::FloorManifest => "floor-manifest",
+            Contender::SingleBuildkit => "single-buildkit",
+        }
+    }
+
+    /// Its name in the tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::SeedClassic => "seed-script (classic)",
+            Contender::SeedModern => "seed-script (modern)",
+            Contender::ToolClassic => "tool-classic",
+            Contender::ToolRegistry => "tool-registry (modern)",
+            Contender::BestClassic => "best-buildkit (classic)",
+            Contender::BestModern => "best-buildkit (modern)",
+            Contender::Floor => "floor: docker pull (classic)",
+            Contender::FloorManifest => "floor: manifest inspect",
+            Contender::SingleBuildkit => "single-buildkit (classic)",
+        }
+    }
+
+    /// The engine it runs on (a fresh one each run); `None`: it needs none.
+    pub fn engine(self) -> Option<Flavor> {
+        match self {
+            Contender::SeedModern | Contender::ToolRegistry | Contender::BestModern => {
+                Some(Flavor::Modern)
+            }
+            Contender::FloorManifest => None,
+            _ => Some(Flavor::Classic),
+        }
+    }
+
+    /// The scenarios it is measured in.
+    pub fn scenarios(self) -> &'static [Scenario] {
+        match self {
+            Contender::SeedClassic
+            | Contender::SeedModern
+            | Contender::ToolClassic
+            | Contender::ToolRegistry => &[Scenario::Cold, Scenario::Warm, Scenario::Changed],
+            Contender::BestClassic
+            | Contender::BestModern
+            | Contender::Floor
+            | Contender::FloorManifest => &[Scenario::Warm],
+            Contender::SingleBuildkit => &[Scenario::Cold],
+        }
+    }
+
+    /// Whether it keeps its own copy of the fixture (a build context, edited by `changed`).
+    pub fn builds(self) -> bool {
+        !matches!(self, Contender::Floor | Contender::FloorManifest)
+    }
+
+    /// Lines its copy adds to the fixture's `[package.metadata.docker]`.
+    pub fn table_extra(self) -> &'static str {
+        match self {
+            // No attestation manifests: the other contenders push none either.
+            Contender::ToolRegistry => "cache = \"registry\"\nprovenance = false",
+            _ => "",
+        }
+    }
+
+    /// Whether it is the tool (its output is JSON events).
+    pub fn is_tool(self) -> bool {
+        matches!(self, Contender::ToolClassic | Contender::ToolRegistry)
+    }
+
+    /// The contender whose registry content a warm run of this one reads, when not its own.
+    pub fn reads_from(self) -> Option<Contender> {
+        match self {
+            Contender::BestClassic | Contender::Floor | Contender::FloorManifest => {
+                Some(Contender::ToolClassic)
+            }
+            Contender::BestModern => Some(Contender::ToolRegistry),
+            _ => None,
+        }
+    }
+}
+
+/// One program run: an argv and its environment (on top of the agent's `DOCKER_HOST` and
+/// `DOCKER_CONFIG`).
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// A failure is expected and ignored (the script's `docker pull ... || true`).
+    pub may_fail: bool,
+}
+
+impl Cmd {
+    fn new(program: &Path, args: &[&str]) -> Cmd {
+        Cmd {
+            program: program.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            may_fail: false,
+        }
+    }
+
+    /// The command as a shell line, for the report (it is never run through a shell).
+    pub fn shell_line(&self) -> String {
+        let quote = |s: &str| {
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
+            {
+                s.to_string()
+            } else {
+                format!("'{}'", s.replace('\'', "'\\''"))
+            }
+        };
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        words.push(quote(&self.program.display().to_string()));
+        words.extend(self.args.iter().map(|a| quote(a)));
+        let mut line = words.join(" ");
+        if self.may_fail {
+            line.push_str(" || true");
+        }
+        line
+    }
+}
+
+/// The programs the contenders run.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// The Docker 28 CLI (with the buildx plugin): every contender's `docker`.
+    pub docker: PathBuf,
+    /// The release `xtask-docker` binary.
+    pub tool: PathBuf,
+}
+
+/// The commands of one run of `contender` on `fixture`, whose copy is `copy`, against the
+/// registry `addr`. `verbose` adds the tool's `-v` (for the profile run).
+pub fn commands(
+    programs: &Programs,
+    contender: Contender,
+    fixture: &Fixture,
+    copy: Option<&Copy>,
+    addr: &str,
+    verbose: bool,
+) -> Vec<Cmd> {
+    let docker = programs.docker.as_path();
+    let name = fixture.name;
+    let context = || {
+        copy.expect("a building contender has a copy")
+            .dir
+            .display()
+            .to_string()
+    };
+    let tool_image = |tag: &str| fixture::image(addr, Contender::ToolClassic.id(), name, tag);
+    match contender {
+        Contender::SeedClassic | Contender::SeedModern => {
+            let copy = copy.expect("the script has a copy");
+            let images: Vec<String> = fixture
+                .seed_stages
+                .iter()
+                .map(|stage| copy.image(addr, name, &format!("seed-{stage}")))
+                .collect();
+            let mut cmds = Vec::new();
+            for image in &images {
+                let mut pull = Cmd::new(docker, &["pull", image]);
+                pull.may_fail = true;
+                cmds.push(pull);
+            }
+            for (i, stage) in fixture.seed_stages.iter().enumerate() {
+                let mut args = vec![
+                    "build",
+                    "--progress=plain",
+                    "--build-arg",
+                    "BUILDKIT_INLINE_CACHE=1",
+                    "--network",
+                    "none",
+                    "--target",
+                    stage,
+                ];
+                // Its own image first, then the earlier stages'.
+                args.extend(["--cache-from", images[i].as_str()]);
+                for earlier in &images[..i] {
+                    args.extend(["--cache-from", earlier.as_str()]);
+                }
+                args.extend(["--tag", images[i].as_str()]);
+                let context = context();
+                args.push(&context);
+                let mut build = Cmd::new(docker, &args);
+                build.env.push(("DOCKER_BUILDKIT".into(), "1".into()));
+                cmds.push(build);
+            }
+            for image in &images {
+                cmds.push(Cmd::new(docker, &["push", image]));
+            }
+            cmds
+        }
+        Contender::ToolClassic | Contender::ToolRegistry => {
+            let copy = copy.expect("the tool has a copy");
+            let manifest = copy.manifest.display().to_string();
+            let mut args = vec!["docker", "build"];
+            if verbose {
+                args.push("-v");
+            }
+            args.extend([
+                "--manifest-path",
+                &manifest,
+                "--push",
+                "--message-format",
+                "json",
+            ]);
+            let mut cmd = Cmd::new(&programs.tool, &args);
+            cmd.env
+                .push(("DOCKER".into(), programs.docker.display().to_string()));
+            vec![cmd]
+        }
+        Contender::BestClassic => {
+            let copy = copy.expect("best-buildkit has a copy");
+            let own = copy.image(addr, name, "latest");
+            let mut args: Vec<String> = [
+                "buildx",
+                "build",
+                "--progress=plain",
+                "--build-arg",
+                "BUILDKIT_INLINE_CACHE=1",
+                "--network",
+                "none",
+                "--target",
+                fixture.target,
+            ]
+            .map(String::from)
+            .to_vec();
+            for tag in fixture.cache_tags {
+                args.extend(["--cache-from".into(), tool_image(tag)]);
+            }
+            args.extend(["--tag".into(), own, "--push".into(), context()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            vec![Cmd::new(docker, &args)]
+        }
+        Contender::BestModern => {
+            let copy = copy.expect("best-buildkit has a copy");
+            let own = copy.image(addr, name, "latest");
+            let cache = format!(
+                "type=registry,ref={}",
+                fixture::image(addr, Contender::ToolRegistry.id(), name, "buildcache")
+            );
+            let context = context();
+            vec![Cmd::new(
+                docker,
+                &[
+                    "buildx",
+                    "build",
+                    "--progress=plain",
+                    "--network",
+                    "none",
+                    "--target",
+                    fixture.target,
+                    "--cache-from",
+                    &cache,
+                    "--tag",
+                    &own,
+                    "--provenance=false",
+                    "--push",
+                    &context,
+                ],
+            )]
+        }
+        Contender::SingleBuildkit => {
+            let copy = copy.expect("single-buildkit has a copy");
+            let own = copy.image(addr, name, "latest");
+            let context = context();
+            vec![Cmd::new(
+                docker,
+                &[
+                    "buildx",
+                    "build",
+                    "--progress=plain",
+                    "--network",
+                    "none",
+                    "--target",
+                    fixture.target,
+                    "--tag",
+                    &own,
+                    "--push",
+                    &context,
+                ],
+            )]
+        }
+        Contender::Floor => vec![Cmd::new(docker, &["pull", &tool_image("latest")])],
+        Contender::FloorManifest => vec![Cmd::new(
+            docker,
+            // The CLI, unlike the engine, speaks HTTPS to a loopback registry unless told.
+            &["manifest", "inspect", "--insecure", &tool_image("latest")],
+        )],
+    }
+}
+
+/// What one program printed.
+#[derive(Debug, Clone, Default)]
+pub struct Printed {
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// A timed run of a command list.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// Wall time from the first program's start to the last one's exit.
+    pub seconds: f64,
+    /// What each program printed, in order.
+    pub printed: Vec<Printed>,
+    /// The first failure (`may_fail` commands never fail the run).
+    pub error: Option<String>,
+    /// When the first program started.
+    pub started: std::time::SystemTime,
+}
+
+/// Runs `cmds` one after another against an agent (`host` is its `DOCKER_HOST`; `None` for
+/// none) whose client configuration is `config`, stopping at the first failure.
+pub fn execute(cmds: &[Cmd], host: Option<&str>, config: &Path) -> Timed {
+    let started = std::time::SystemTime::now();
+    let start = Instant::now();
+    let mut printed = Vec::new();
+    let mut error = None;
+    for cmd in cmds {
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .stdin(Stdio::null())
+            .env_remove("DOCKER")
+            .env_remove("DOCKER_BUILDKIT")
+            .env("DOCKER_CONFIG", config)
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)));
+        match host {
+            Some(host) => command.env("DOCKER_HOST", host),
+            None => command.env_remove("DOCKER_HOST"),
+        };
+        match command.output() {
+            Ok(output) => {
+                let out = Printed {
+                    stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                };
+                let failed = !output.status.success() && !cmd.may_fail;
+                if failed {
+                    error = Some(format!(
+                        "`{}` failed ({}):\n{}",
+                        cmd.shell_line(),
+                        output.status,
+                        tail(&out.stderr, 25)
+                    ));
+                }
+                printed.push(out);
+                if failed {
+                    break;
+                }
+            }
+            Err(e) => {
+                error = Some(format!("cannot run `{}`: {e}", cmd.program.display()));
+                break;
+            }
+        }
+    }
+    Timed {
+        seconds: start.elapsed().as_secs_f64(),
+        printed,
+        error,
+        started,
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -131,8 +131,10 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
         let handle = signals.handle();
         let tx = tx.clone();
         std::thread::spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                let _ = tx.send(Msg::Signal(signal));
+            for signal in signals.forever() {
+                if tx.send(Msg::Signal(signal)).is_err() {
+                    break;
+                }
             }
         });
         handle
@@ -207,10 +209,19 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                     reporter.error(&format!(
                         "interrupted by signal {signal}: ending every running command"
                     ));
+                    stop = true;
+                    cancelled.store(true, Ordering::SeqCst);
+                    terminate(&running);
+                } else {
+                    // A second signal does not wait for the grace period.
+                    for group in running
+                        .lock()
+                        .map(|r| r.values().copied().collect::<Vec<_>>())
+                        .unwrap_or_default()
+                    {
+                        signal_group(group, libc::SIGKILL);
+                    }
                 }
-                stop = true;
-                cancelled.store(true, Ordering::SeqCst);
-                terminate(&running);
             }
             Msg::Done(step_result) => {
                 in_flight -= 1;
@@ -402,7 +413,7 @@ fn run_step(
     };
     match &step.action {
         Action::Pull { image } => {
-            let out = stream(step, tx, running);
+            let out = stream(step, tx, running, cancelled);
             result.output = out.text;
             if let Err(message) = out.result {
                 let problem = RegistryProblem::classify(&result.output);
@@ -419,7 +430,7 @@ fn run_step(
                 result.outcome =
                     Outcome::Skipped("nothing in it ran, and the registry holds its cache".into());
             } else {
-                let out = stream(step, tx, running);
+                let out = stream(step, tx, running, cancelled);
                 let mut progress = BuildProgress::default();
                 out.text.lines().for_each(|l| progress.feed(l));
                 if let Err(message) = out.result {
@@ -512,7 +523,7 @@ fn push(
 ) {
     let mut wait = Duration::from_millis(500);
     for attempt in 1..=3 {
-        let out = stream(step, tx, running);
+        let out = stream(step, tx, running, cancelled);
         result.output = out.text;
         let Err(message) = out.result else {
             result.digest = push_digest(&result.output);
@@ -565,7 +576,7 @@ struct Streamed {
 
 /// Runs the step's command in a process group of its own, sending its output (stdout and stderr
 /// alike) line by line as it comes, and keeping it for parsing.
-fn stream(step: &Step, tx: &Sender<Msg>, running: &Running) -> Streamed {
+fn stream(step: &Step, tx: &Sender<Msg>, running: &Running, cancelled: &AtomicBool) -> Streamed {
     let sh = match xshell::Shell::new() {
         Ok(sh) => sh,
         Err(e) => {
@@ -596,6 +607,10 @@ fn stream(step: &Step, tx: &Sender<Msg>, running: &Running) -> Streamed {
     };
     if let Ok(mut r) = running.lock() {
         r.insert(step.id, child.id());
+    }
+    // A signal or failure that came while this command was starting missed it: end it now.
+    if cancelled.load(Ordering::SeqCst) {
+        signal_group(child.id(), libc::SIGTERM);
     }
     let (line_tx, line_rx) = mpsc::channel::<String>();
     let readers: Vec<Box<dyn Read + Send>> = [

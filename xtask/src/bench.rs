@@ -1,0 +1,684 @@
+//! `cargo xtask bench`: the tool against the hand-written script and plain BuildKit, on fresh
+//! engines (new CI agents) and real registries, with the results in `target/bench/`.
+//!
+//! For each fixture (`examples/{service,five-stage,heavy}`) and scenario (`cold`: empty
+//! registry; `warm`: nothing changed since the contender's last push; `changed`: one source file
+//! edited), every contender runs `--runs` times, alternating run by run (the order rotates each
+//! round) so that drift on the machine hits all of them alike. Every timed run starts on a new,
+//! empty engine; what the warm and changed runs need in the registry is put there first, by an
+//! untimed cold run of the same contender. Each run records its wall time, the agent's disk
+//! growth, the registry's access log (bytes served, requests) and how many Dockerfile steps ran
+//! and came from the cache. See `README.md` (Performance) for what the numbers say.
+
+mod contender;
+mod fixture;
+mod measure;
+mod overhead;
+mod profile;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use testbed::{Engine, Flavor, Registry, Tools};
+
+use contender::{Contender, ContenderArg, Copy as _Unused, Programs};
+use fixture::{Copy, Fixture, FixtureName};
+use measure::{StageSteps, Traffic};
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Timed runs of each (fixture, scenario, contender), each on a fresh engine; the tables
+    /// show the median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// A fixture to run (repeatable); default: all.
+    #[arg(long = "fixture", value_enum, value_name = "NAME")]
+    pub fixtures: Vec<FixtureName>,
+    /// A scenario to run (repeatable); default: all.
+    #[arg(long = "scenario", value_enum, value_name = "NAME")]
+    pub scenarios: Vec<Scenario>,
+    /// A contender to run (repeatable); default: all, and the overhead measurement.
+    #[arg(long = "contender", value_enum, value_name = "NAME")]
+    pub contenders: Vec<ContenderArg>,
+    /// One run of each: a smoke check.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// The state of the registry and the fixture when a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// The registry is empty.
+    Cold,
+    /// Nothing changed since the contender's last push.
+    Warm,
+    /// One source file changed since then.
+    Changed,
+}
+
+impl Scenario {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Cold => "cold",
+            Scenario::Warm => "warm",
+            Scenario::Changed => "changed",
+        }
+    }
+}
+
+/// Every scenario, in order.
+const SCENARIOS: [Scenario; 3] = [Scenario::Cold, Scenario::Warm, Scenario::Changed];
+
+/// One timed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Which round of the alternation it was in (0-based).
+    pub round: u32,
+    /// Wall time of the contender's commands, seconds.
+    pub seconds: f64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Growth of the agent's disk (data root, and containerd's root on the modern engine),
+    /// bytes; `None` without an agent.
+    pub agent_bytes: Option<u64>,
+    /// What the registry's access log says of the run.
+    pub traffic: Traffic,
+    /// Growth of the registry's storage, bytes.
+    pub pushed_bytes: i64,
+    /// Dockerfile steps per stage (the tool's JSON event; BuildKit's plain progress for the
+    /// others); `None` where nothing was built.
+    pub stages: Option<Vec<StageSteps>>,
+}
+
+impl RunRecord {
+    /// Steps in all, and of them from the cache.
+    pub fn steps(&self) -> Option<(u64, u64)> {
+        self.stages.as_ref().map(|stages| {
+            stages
+                .iter()
+                .fold((0, 0), |(s, c), st| (s + st.steps, c + st.cached))
+        })
+    }
+}
+
+/// Every run of one contender in one scenario of one fixture.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// The fixture.
+    pub fixture: FixtureName,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The contender.
+    pub contender: Contender,
+    /// The contender's table name.
+    pub label: &'static str,
+    /// Its commands in the first run, as shell lines (they run as argv, not through a shell).
+    pub commands: Vec<String>,
+    /// The runs.
+    pub runs: Vec<RunRecord>,
+}
+
+/// Everything a benchmark run found, as written to `results.json`.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    /// Timed runs per cell.
+    pub runs: u32,
+    /// Versions of what ran.
+    pub versions: BTreeMap<String, String>,
+    /// The measurements.
+    pub cells: Vec<Cell>,
+    /// The tool's own overhead.
+    pub overhead: Option<overhead::Overhead>,
+    /// Where the time goes in the tool's warm runs of the heavy fixture.
+    pub profiles: Vec<profile::Profile>,
+    /// The goals, checked.
+    pub goals: Vec<report::Goal>,
+    /// Wall time of the whole benchmark, seconds.
+    pub total_seconds: f64,
+}
+
+/// Runs the benchmark.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let runs = if args.quick { 1 } else { args.runs };
+    testbed::install::install_all()?;
+    let tools = testbed::require().context("the engine's tools are missing")?;
+    let modern = testbed::require_modern().is_some();
+    let tool = build_tool()?;
+    let programs = Programs {
+        docker: tools.cli28.clone(),
+        tool,
+    };
+
+    let fixtures: Vec<FixtureName> = if args.fixtures.is_empty() {
+        fixture::ALL.to_vec()
+    } else {
+        dedup(&args.fixtures)
+    };
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        dedup(&args.scenarios)
+    };
+    let (mut contenders, with_overhead) = if args.contenders.is_empty() {
+        (contender::ALL.to_vec(), true)
+    } else {
+        let set: BTreeSet<Contender> = args
+            .contenders
+            .iter()
+            .flat_map(|c| c.expand().iter().copied())
+            .collect();
+        let order: Vec<Contender> = contender::ALL
+            .iter()
+            .copied()
+            .filter(|c| set.contains(c))
+            .collect();
+        (order, args.contenders.contains(&ContenderArg::Overhead))
+    };
+    if !modern {
+        let skipped: Vec<&str> = contenders
+            .iter()
+            .filter(|c| c.engine() == Some(Flavor::Modern))
+            .map(|c| c.id())
+            .collect();
+        if !skipped.is_empty() {
+            println!(
+                "bench: the modern engine is not installed; skipping {}",
+                skipped.join(", ")
+            );
+        }
+        contenders.retain(|c| c.engine() != Some(Flavor::Modern));
+    }
+
+    let out_dir = crate::test::root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create `{}`", out_dir.display()))?;
+    let mut bench = Bench {
+        tools: tools.clone(),
+        programs,
+        runs,
+        cells: Vec::new(),
+        profiles: Vec::new(),
+        done: 0,
+        total: 0,
+        started: Instant::now(),
+        stopping: None,
+        pending: None,
+        out_dir: out_dir.clone(),
+    };
+    let plan: Vec<(Fixture, Vec<(Scenario, Vec<Contender>)>)> = fixtures
+        .iter()
+        .map(|f| {
+            let per_scenario = scenarios
+                .iter()
+                .map(|&s| {
+                    let cs: Vec<Contender> = contenders
+                        .iter()
+                        .copied()
+                        .filter(|c| c.scenarios().contains(&s))
+                        .collect();
+                    (s, cs)
+                })
+                .filter(|(_, cs)| !cs.is_empty())
+                .collect();
+            (f.fixture(), per_scenario)
+        })
+        .collect();
+    bench.total = plan
+        .iter()
+        .flat_map(|(_, ss)| ss.iter().map(|(_, cs)| cs.len() * runs as usize))
+        .sum();
+    println!(
+        "bench: {} timed runs ({runs} per fixture, scenario and contender), each on a fresh engine; docker CLI `{}`, tool `{}`",
+        bench.total,
+        bench.programs.docker.display(),
+        bench.programs.tool.display()
+    );
+
+    let mut result = Ok(());
+    for (fixture, per_scenario) in &plan {
+        result = bench.fixture(fixture, per_scenario);
+        if result.is_err() {
+            break;
+        }
+    }
+    bench.join_stopping();
+    let overhead = match (&result, with_overhead) {
+        (Ok(()), true) => Some(overhead::measure(
+            &bench.programs.tool,
+            if args.quick { 5 } else { 20 },
+        )?),
+        _ => None,
+    };
+    let results = Results {
+        runs,
+        versions: versions(&tools),
+        goals: report::goals(&bench.cells, overhead.as_ref()),
+        cells: bench.cells,
+        overhead,
+        profiles: bench.profiles,
+        total_seconds: bench.started.elapsed().as_secs_f64(),
+    };
+    // Whatever was measured is written, also when a step failed.
+    let text = report::write(&out_dir, &results)?;
+    println!("\n{text}");
+    println!(
+        "bench: wrote {}, {} and {} in {:.0} s",
+        out_dir.join("results.md").display(),
+        out_dir.join("results.json").display(),
+        out_dir.join("chart.svg").display(),
+        results.total_seconds
+    );
+    result
+}
+
+/// Builds the release `xtask-docker` (the overhead goal is about the release binary) and
+/// returns its path.
+fn build_tool() -> Result<PathBuf> {
+    let root = crate::test::root();
+    let cargo = crate::test::cargo();
+    println!("bench: cargo build --release --bin xtask-docker");
+    let status = std::process::Command::new(&cargo)
+        .args(["build", "--release", "--bin", "xtask-docker", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .status()
+        .with_context(|| format!("cannot run `{cargo}`"))?;
+    if !status.success() {
+        bail!("`cargo build --release --bin xtask-docker` failed ({status})");
+    }
+    Ok(root.join("target/release/xtask-docker"))
+}
+
+/// `--version` of the programs that ran.
+fn versions(tools: &Tools) -> BTreeMap<String, String> {
+    let mut programs = vec![
+        ("docker CLI".to_string(), tools.cli28.clone()),
+        ("dockerd (classic)".to_string(), tools.dockerd.clone()),
+        ("docker-registry".to_string(), tools.registry.clone()),
+    ];
+    if let Some(modern) = &tools.modern {
+        programs.push(("dockerd (modern)".to_string(), modern.dockerd.clone()));
+        programs.push(("containerd (modern)".to_string(), modern.containerd.clone()));
+    }
+    let mut versions = BTreeMap::new();
+    for (name, path) in programs {
+        let version = std::process::Command::new(&path)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        versions.insert(name, format!("{version} ({})", path.display()));
+    }
+    let buildx = std::process::Command::new(&tools.cli28)
+        .args(["buildx", "version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    versions.insert("buildx".to_string(), buildx);
+    versions
+}
+
+fn dedup<T: Ord + Copy>(items: &[T]) -> Vec<T> {
+    let mut seen = BTreeSet::new();
+    items.iter().copied().filter(|i| seen.insert(*i)).collect()
+}
+
+/// `items` rotated left by `round`: each round starts with the next contender, so that none
+/// always runs right after the same other one.
+fn rotate(items: &[Contender], round: u32) -> Vec<Contender> {
+    let mut items = items.to_vec();
+    if !items.is_empty() {
+        let n = round as usize % items.len();
+        items.rotate_left(n);
+    }
+    items
+}
+
+/// A run whose registry traffic is read once the registry is quiet: the registry writes an
+/// access-log line after it answered, so it is read at the next run's start (or once the
+/// registry stopped), not right when the client exits.
+struct Pending {
+    cell: usize,
+    run: usize,
+    offset: usize,
+}
+
+/// The benchmark's state.
+struct Bench {
+    tools: Tools,
+    programs: Programs,
+    runs: u32,
+    cells: Vec<Cell>,
+    profiles: Vec<profile::Profile>,
+    /// Timed runs done and planned, for the progress lines.
+    done: usize,
+    total: usize,
+    started: Instant,
+    /// The engine of the last run, being stopped (and deleted) while the next one starts.
+    stopping: Option<JoinHandle<()>>,
+    pending: Option<Pending>,
+    out_dir: PathBuf,
+}
+
+impl Bench {
+    /// Runs every scenario of one fixture.
+    fn fixture(
+        &mut self,
+        fixture: &Fixture,
+        per_scenario: &[(Scenario, Vec<Contender>)],
+    ) -> Result<()> {
+        let name = fixture.name.as_str();
+        let of = |s: Scenario| -> Vec<Contender> {
+            per_scenario
+                .iter()
+                .find(|(sc, _)| *sc == s)
+                .map(|(_, cs)| cs.clone())
+                .unwrap_or_default()
+        };
+
+        // Cold: every run gets a new, empty registry.
+        let cold = of(Scenario::Cold);
+        if !cold.is_empty() {
+            let copies = self.copies(fixture, &cold)?;
+            for round in 0..self.runs {
+                for c in rotate(&cold, round) {
+                    let mut registry = self.tools.registry()?;
+                    let copy = copies.get(&c);
+                    if let Some(copy) = copy {
+                        copy.point_at(&registry.addr())?;
+                    }
+                    self.measure(fixture, Scenario::Cold, c, copy, &registry, round)?;
+                    registry.stop();
+                    self.settle(&registry);
+                }
+            }
+        }
+
+        // Warm and changed: one registry, filled first by each contender's own cold run.
+        let warm = of(Scenario::Warm);
+        let changed = of(Scenario::Changed);
+        if warm.is_empty() && changed.is_empty() {
+            return Ok(());
+        }
+        let mut needed: BTreeSet<Contender> = warm.iter().chain(&changed).copied().collect();
+        needed.extend(
+            needed
+                .clone()
+                .iter()
+                .filter_map(|c| c.reads_from())
+                .collect::<Vec<_>>(),
+        );
+        let needed: Vec<Contender> = needed.into_iter().collect();
+        let mut registry = self.tools.registry()?;
+        let mut copies = self.copies(fixture, &needed)?;
+        for copy in copies.values() {
+            copy.point_at(&registry.addr())?;
+        }
+        // Seed and tool contenders fill their own tags with a cold run; the best builds then
+        // push their own final image once, so that their timed runs, like the tool's, push
+        // layers the registry already holds.
+        for c in needed
+            .iter()
+            .filter(|c| c.scenarios().contains(&Scenario::Cold))
+            .chain(needed.iter().filter(|c| {
+                matches!(c, Contender::BestClassic | Contender::BestModern)
+            }))
+        {
+            self.setup(fixture, *c, copies.get(c), &registry)?;
+        }
+        for round in 0..self.runs {
+            for c in rotate(&warm, round) {
+                self.measure(fixture, Scenario::Warm, c, copies.get(&c), &registry, round)?;
+            }
+        }
+        if fixture.name == FixtureName::Heavy && !warm.is_empty() {
+            self.settle(&registry);
+            for c in [Contender::ToolClassic, Contender::ToolRegistry] {
+                if let (true, Some(copy)) = (warm.contains(&c), copies.get(&c)) {
+                    println!("bench: {name} warm {}: profile run (-v, not in the table)", c.id());
+                    self.join_stopping();
+                    let profile =
+                        profile::run(&self.tools, &self.programs, c, fixture, copy, &registry, &self.out_dir)?;
+                    self.profiles.push(profile);
+                }
+            }
+        }
+        for round in 0..self.runs {
+            for c in rotate(&changed, round) {
+                let copy = copies
+                    .get_mut(&c)
+                    .context("a changed contender has a copy")?;
+                copy.edit(fixture)?;
+                self.measure(fixture, Scenario::Changed, c, copies.get(&c), &registry, round)?;
+            }
+        }
+        registry.stop();
+        self.settle(&registry);
+        Ok(())
+    }
+
+    /// A copy of the fixture for each of `contenders` that builds.
+    fn copies(
+        &self,
+        fixture: &Fixture,
+        contenders: &[Contender],
+    ) -> Result<BTreeMap<Contender, Copy>> {
+        contenders
+            .iter()
+            .filter(|c| c.builds())
+            .map(|&c| {
+                Ok((
+                    c,
+                    Copy::new(fixture.name, &self.tools.busybox, c.id(), c.table_extra())?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A fresh agent of `flavor` (none for `None`). The previous run's engine is stopped
+    /// meanwhile, and is gone when this returns.
+    fn agent(&mut self, flavor: Option<Flavor>) -> Result<Option<Engine>> {
+        let engine = match flavor {
+            None => None,
+            Some(Flavor::Modern) => Some(self.tools.modern_engine()?),
+            Some(_) => Some(self.tools.engine()?),
+        };
+        self.join_stopping();
+        Ok(engine)
+    }
+
+    /// Stops `engine` in the background (the next agent starts meanwhile).
+    fn retire(&mut self, engine: Option<Engine>) {
+        self.join_stopping();
+        if let Some(engine) = engine {
+            self.stopping = Some(std::thread::spawn(move || engine.stop()));
+        }
+    }
+
+    fn join_stopping(&mut self) {
+        if let Some(handle) = self.stopping.take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Reads the pending run's registry traffic.
+    fn settle(&mut self, registry: &Registry) {
+        if let Some(p) = self.pending.take() {
+            let log = registry.log();
+            let slice = log.get(p.offset..).unwrap_or("");
+            self.cells[p.cell].runs[p.run].traffic = measure::traffic(slice);
+        }
+    }
+
+    /// An untimed run that fills the registry for the warm and changed runs.
+    fn setup(
+        &mut self,
+        fixture: &Fixture,
+        contender: Contender,
+        copy: Option<&Copy>,
+        registry: &Registry,
+    ) -> Result<()> {
+        self.settle(registry);
+        let engine = self.agent(contender.engine())?;
+        let config = engine.as_ref().map(|e| e.docker_config());
+        let scratch = match &config {
+            Some(_) => None,
+            None => Some(testbed::temp_dir("bench-config")?),
+        };
+        let config = config.or(scratch.clone()).context("a client config")?;
+        let cmds = contender::commands(
+            &self.programs,
+            contender,
+            fixture,
+            copy,
+            &registry.addr(),
+            false,
+        );
+        let host = engine.as_ref().map(|e| e.host());
+        let timed = contender::execute(&cmds, host.as_deref(), &config);
+        self.retire(engine);
+        if let Some(dir) = scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        println!(
+            "bench: {} setup: {} filled the registry in {:.1} s (untimed)",
+            fixture.name.as_str(),
+            contender.id(),
+            timed.seconds
+        );
+        if let Some(error) = timed.error {
+            bail!(
+                "{} setup run of {} failed: {error}",
+                fixture.name.as_str(),
+                contender.id()
+            );
+        }
+        Ok(())
+    }
+
+    /// One timed run of `contender`, recorded in its cell.
+    fn measure(
+        &mut self,
+        fixture: &Fixture,
+        scenario: Scenario,
+        contender: Contender,
+        copy: Option<&Copy>,
+        registry: &Registry,
+        round: u32,
+    ) -> Result<()> {
+        self.settle(registry);
+        let offset = registry.log().len();
+        let stored_before = registry.storage_bytes();
+        let engine = self.agent(contender.engine())?;
+        let scratch = match &engine {
+            Some(_) => None,
+            None => Some(testbed::temp_dir("bench-config")?),
+        };
+        let config = match (&engine, &scratch) {
+            (Some(e), _) => e.docker_config(),
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => unreachable!("a scratch config exists without an engine"),
+        };
+        let disk_before = engine.as_ref().map(measure::agent_bytes);
+        let cmds = contender::commands(
+            &self.programs,
+            contender,
+            fixture,
+            copy,
+            &registry.addr(),
+            false,
+        );
+        let host = engine.as_ref().map(|e| e.host());
+
+        let timed = contender::execute(&cmds, host.as_deref(), &config);
+
+        let disk_after = engine.as_ref().map(measure::agent_bytes);
+        let stored_after = registry.storage_bytes();
+        self.retire(engine);
+        if let Some(dir) = scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let stages = if contender.is_tool() {
+            timed.printed.first().and_then(|p| measure::tool_steps(&p.stdout))
+        } else if contender.builds() {
+            let outputs: Vec<&str> = timed.printed.iter().map(|p| p.stderr.as_str()).collect();
+            Some(measure::plain_progress_steps(&outputs))
+        } else {
+            None
+        };
+        let record = RunRecord {
+            round,
+            seconds: timed.seconds,
+            error: timed.error.clone(),
+            agent_bytes: match (disk_before, disk_after) {
+                (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+                _ => None,
+            },
+            traffic: Traffic::default(),
+            pushed_bytes: stored_after as i64 - stored_before as i64,
+            stages,
+        };
+        let cell = match self.cells.iter().position(|c| {
+            c.fixture == fixture.name && c.scenario == scenario && c.contender == contender
+        }) {
+            Some(i) => i,
+            None => {
+                self.cells.push(Cell {
+                    fixture: fixture.name,
+                    scenario,
+                    contender,
+                    label: contender.label(),
+                    commands: cmds.iter().map(|c| c.shell_line()).collect(),
+                    runs: Vec::new(),
+                });
+                self.cells.len() - 1
+            }
+        };
+        self.done += 1;
+        let steps = match record.steps() {
+            Some((steps, cached)) => format!("  steps {} ran/{steps}", steps - cached),
+            None => String::new(),
+        };
+        let disk = record
+            .agent_bytes
+            .map(|b| format!("  agent +{:.1} MiB", mib(b)))
+            .unwrap_or_default();
+        let elapsed = self.started.elapsed().as_secs();
+        println!(
+            "[{:>3}/{} {:>2}m{:02}s] {} {} {} #{}: {:.2} s{disk}{steps}{}",
+            self.done,
+            self.total,
+            elapsed / 60,
+            elapsed % 60,
+            fixture.name.as_str(),
+            scenario.as_str(),
+            contender.id(),
+            round + 1,
+            record.seconds,
+            if record.error.is_some() { "  FAILED" } else { "" }
+        );
+        if let Some(error) = &record.error {
+            println!("{error}");
+        }
+        self.cells[cell].runs.push(record);
+        self.pending = Some(Pending {
+            cell,
+            run: self.cells[cell].runs.len() - 1,
+            offset,
+        });
+        Ok(())
+    }
+}
+
+/// Bytes as MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

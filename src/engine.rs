@@ -44,10 +44,35 @@ pub struct Needs {
 /// How long a probe may take: a daemon that does not answer in this time is not usable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Checks, before any work, that `docker` is the Docker CLI, can do BuildKit builds, and
-/// reaches its daemon.
-pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
-    let output = match probe(docker, &["--version"]) {
+/// Checks, before any work, that `docker` is the Docker CLI, can do BuildKit builds, reaches
+/// its daemon, and can do what the plan `needs`; says what to do instead where it cannot. The
+/// probes run at once: on a CI agent their round trips are the tool's own start-up cost.
+pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
+    let mut inspect = vec!["buildx", "inspect"];
+    if let Some(builder) = &needs.builder {
+        inspect.push(builder);
+    }
+    let capability = needs.cache_export || needs.multi_platform;
+    let probes: Vec<&[&str]> = vec![
+        &["--version"],
+        &["buildx", "version"],
+        &["version", "--format", "{{.Server.Version}}"],
+        if capability { &inspect } else { &[] },
+        if capability {
+            &["info", "--format", "{{json .DriverStatus}}"]
+        } else {
+            &[]
+        },
+    ];
+    let mut results = probe_all(docker, &probes).into_iter();
+    let mut next = || {
+        results
+            .next()
+            .unwrap_or_else(|| Err(std::io::Error::other("no probe")))
+    };
+    let (version, buildx, server, inspected, info) = (next(), next(), next(), next(), next());
+
+    let output = match version {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "the docker CLI `{docker}` was not found\nnote: install Docker, or set `DOCKER` to the CLI's path"
@@ -72,7 +97,7 @@ pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    let buildx = probe(docker, &["buildx", "version"]).is_ok_and(|o| o.status.success());
+    let buildx = buildx.is_ok_and(|o| o.status.success());
     if major >= 23 && !buildx {
         bail!(
             "the Docker CLI `{docker}` ({client_version}) needs the buildx plugin for BuildKit builds, and it is missing\nnote: install the plugin (Docker's `docker-buildx-plugin` or Debian's `docker-buildx` package), or set `DOCKER` to a CLI older than 23"
@@ -80,8 +105,8 @@ pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
     }
 
     let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".to_string());
-    let server = probe(docker, &["version", "--format", "{{.Server.Version}}"])
-        .map_err(|e| anyhow::anyhow!("cannot reach the Docker daemon at {host}: {e}"))?;
+    let server =
+        server.map_err(|e| anyhow::anyhow!("cannot reach the Docker daemon at {host}: {e}"))?;
     let server_version = String::from_utf8_lossy(&server.stdout).trim().to_string();
     if !server.status.success() || server_version.is_empty() {
         let why = String::from_utf8_lossy(&server.stderr);
@@ -91,6 +116,43 @@ pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
             .unwrap_or("no answer");
         bail!("cannot reach the Docker daemon at {host}: {why}\nnote: start the daemon, or set `DOCKER_HOST` to where it listens");
     }
+
+    if needs.buildx && !buildx {
+        bail!(
+            "this build needs `docker buildx` (registry cache, a builder, several platforms or attestations), and `{docker}` ({client_version}) has no buildx plugin\nnote: install the plugin, or use `cache = \"inline\"` with one platform"
+        );
+    }
+    if capability {
+        let out = inspected?;
+        if !out.status.success() {
+            bail!(
+                "`{docker} {}` failed: {}",
+                inspect.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let driver = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Driver:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        // The docker driver exports cache and builds image indexes only with the containerd
+        // image store, whose `DriverStatus` names the containerd snapshotter.
+        let containerd_store = info.is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("io.containerd.snapshotter")
+        });
+        if driver == "docker" && !containerd_store {
+            let what = if needs.cache_export {
+                "export a registry cache"
+            } else {
+                "build several platforms into one image"
+            };
+            bail!(
+                "the builder cannot {what}: it is the docker driver without the containerd image store (engine {server_version})\nnote: use `cache = \"inline\"` with one platform, enable the containerd image store (`\"features\": {{\"containerd-snapshotter\": true}}` in daemon.json), or create a docker-container builder (`docker buildx create --driver docker-container`) and pass it with `--builder`"
+            );
+        }
+    }
     Ok(Engine {
         docker: docker.to_string(),
         client_version,
@@ -99,60 +161,29 @@ pub fn preflight(docker: &str) -> anyhow::Result<Engine> {
     })
 }
 
-impl Engine {
-    /// Checks that the engine can do what the plan asks, and says what to do instead where it
-    /// cannot.
-    pub fn check(&self, needs: &Needs) -> anyhow::Result<()> {
-        let docker = &self.docker;
-        if needs.buildx && !self.buildx {
-            bail!(
-                "this build needs `docker buildx` (registry cache, a builder, several platforms or attestations), and `{docker}` ({}) has no buildx plugin\nnote: install the plugin, or use `cache = \"inline\"` with one platform",
-                self.client_version
-            );
-        }
-        if !(needs.cache_export || needs.multi_platform) {
-            return Ok(());
-        }
-        let mut args = vec!["buildx", "inspect"];
-        if let Some(builder) = &needs.builder {
-            args.push(builder);
-        }
-        let out = probe(docker, &args)?;
-        if !out.status.success() {
-            bail!(
-                "`{docker} {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let driver = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Driver:"))
-            .map(|d| d.trim().to_string())
-            .unwrap_or_default();
-        if driver == "docker" && !self.containerd_store()? {
-            let what = if needs.cache_export {
-                "export a registry cache"
-            } else {
-                "build several platforms into one image"
-            };
-            bail!(
-                "the builder cannot {what}: it is the docker driver without the containerd image store (engine {})\nnote: use `cache = \"inline\"` with one platform, enable the containerd image store (`\"features\": {{\"containerd-snapshotter\": true}}` in daemon.json), or create a docker-container builder (`docker buildx create --driver docker-container`) and pass it with `--builder`",
-                self.server_version
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether the daemon keeps images in the containerd image store.
-    fn containerd_store(&self) -> anyhow::Result<bool> {
-        let out = probe(
-            &self.docker,
-            &["info", "--format", "{{json .DriverStatus}}"],
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).contains("io.containerd.snapshotter"))
-    }
+/// Runs every probe at once; an empty argv is no probe (an error in its place).
+fn probe_all(docker: &str, probes: &[&[&str]]) -> Vec<std::io::Result<Output>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = probes
+            .iter()
+            .map(|args| {
+                scope.spawn(move || {
+                    if args.is_empty() {
+                        Err(std::io::Error::other("not asked"))
+                    } else {
+                        probe(docker, args)
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the probe panicked")))
+            })
+            .collect()
+    })
 }
 
 impl Engine {

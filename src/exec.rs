@@ -113,12 +113,24 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     let started = Instant::now();
     let mut result = RunResult::default();
     // Which tags the engine held before this run: a build that ran no step on an engine that
-    // did not hold its tag got everything from the registry's caches.
-    let local_before: BTreeSet<String> = engine
-        .local_tags()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    // did not hold its tag got everything from the registry's caches. Asked only where a step
+    // may turn out current (not with a registry cache).
+    let may_skip = plan.steps.iter().any(|s| match &s.action {
+        Action::Build(b) => b.skip_if_current,
+        Action::Push {
+            skip_if_current, ..
+        } => *skip_if_current,
+        Action::Pull { .. } => false,
+    });
+    let local_before: BTreeSet<String> = if may_skip {
+        engine
+            .local_tags()
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
     let (tx, rx) = mpsc::channel::<Msg>();
     let running: Running = Arc::default();
     let cancelled = Arc::new(AtomicBool::new(false));

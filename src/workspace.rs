@@ -318,9 +318,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         multi_platform: inputs.iter().any(|i| i.package.config.platforms.len() > 1),
         builder: options.builder.clone(),
     };
-    let engine = engine::preflight(&options.docker)
-        .and_then(|engine| engine.check(&needs).map(|()| engine))
-        .map_err(Failure::engine)?;
+    let engine = engine::preflight(&options.docker, &needs).map_err(Failure::engine)?;
     let run = exec::run(
         &plan,
         &engine,

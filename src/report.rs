@@ -205,10 +205,39 @@ pub fn plan_event(plan: &Plan) -> Value {
                 "args": s.args,
                 "env": s.env.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
                 "after": s.after,
+                "detail": detail(&s.action),
             })
         })
         .collect();
     json!({ "reason": "plan", "steps": steps })
+}
+
+/// What a step reads, writes and may skip, for the `plan` event.
+fn detail(action: &Action) -> Value {
+    match action {
+        Action::Pull { image } => json!({ "image": image }),
+        Action::Build(b) => json!({
+            "final": b.is_final,
+            "writes": b.writes,
+            "reads": b.reads,
+            "finals": b.finals,
+            "exports": b.exports,
+            "pushes_itself": b.pushes,
+            "skipped_when_current": b.skip_if_current,
+        }),
+        Action::Push {
+            image,
+            cache,
+            skip_if_current,
+            best_effort,
+            ..
+        } => json!({
+            "image": image,
+            "cache": cache,
+            "skipped_when_current": skip_if_current,
+            "best_effort": best_effort,
+        }),
+    }
 }
 
 /// `pull`, `build` or `push`.

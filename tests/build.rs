@@ -287,3 +287,51 @@ fn preflight_names_a_missing_buildx_plugin_and_podman() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_plan_event_lists_every_step_with_its_argv() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/Cargo.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+        .args([
+            "docker",
+            "build",
+            "--dry-run",
+            "--push",
+            "--message-format",
+            "json",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .env("DOCKER", "docker")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "a dry run's stdout is the plan event alone:\n{stdout}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(plan["reason"], "plan");
+    let steps = plan["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 6);
+    assert_eq!(steps[0]["kind"], "build");
+    assert_eq!(steps[0]["detail"]["final"], true);
+    assert_eq!(steps[0]["env"]["DOCKER_BUILDKIT"], "1");
+    assert_eq!(steps[0]["args"][0], "build");
+    let compile = steps
+        .iter()
+        .find(|s| s["stage"] == "compile" && s["kind"] == "build")
+        .unwrap();
+    assert_eq!(compile["detail"]["skipped_when_current"], true);
+    assert_eq!(
+        compile["after"][0], 0,
+        "the stage build waits for the final build"
+    );
+}

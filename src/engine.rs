@@ -53,16 +53,12 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
         inspect.push(builder);
     }
     let capability = needs.cache_export || needs.multi_platform;
+    let info: &[&str] = &["info", "--format", "{{json .DriverStatus}}"];
     let probes: Vec<&[&str]> = vec![
         &["--version"],
         &["buildx", "version"],
         &["version", "--format", "{{.Server.Version}}"],
-        if capability { &inspect } else { &[] },
-        if capability {
-            &["info", "--format", "{{json .DriverStatus}}"]
-        } else {
-            &[]
-        },
+        if capability { info } else { &[] },
     ];
     let mut results = probe_all(docker, &probes).into_iter();
     let mut next = || {
@@ -70,7 +66,7 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
             .next()
             .unwrap_or_else(|| Err(std::io::Error::other("no probe")))
     };
-    let (version, buildx, server, inspected, info) = (next(), next(), next(), next(), next());
+    let (version, buildx, server, info) = (next(), next(), next(), next());
 
     let output = match version {
         Ok(output) => output,
@@ -122,8 +118,13 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
             "this build needs `docker buildx` (registry cache, a builder, several platforms or attestations), and `{docker}` ({client_version}) has no buildx plugin\nnote: install the plugin, or use `cache = \"inline\"` with one platform"
         );
     }
-    if capability {
-        let out = inspected?;
+    // The docker driver exports cache and builds image indexes only with the containerd image
+    // store, whose `DriverStatus` names the containerd snapshotter. With it any builder can;
+    // without it only a builder of another driver, which the slower `buildx inspect` tells.
+    let containerd_store = info
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("io.containerd.snapshotter"));
+    if capability && !containerd_store {
+        let out = probe(docker, &inspect)?;
         if !out.status.success() {
             bail!(
                 "`{docker} {}` failed: {}",
@@ -137,12 +138,7 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
             .find_map(|l| l.trim().strip_prefix("Driver:"))
             .map(str::trim)
             .unwrap_or_default();
-        // The docker driver exports cache and builds image indexes only with the containerd
-        // image store, whose `DriverStatus` names the containerd snapshotter.
-        let containerd_store = info.is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout).contains("io.containerd.snapshotter")
-        });
-        if driver == "docker" && !containerd_store {
+        if driver == "docker" {
             let what = if needs.cache_export {
                 "export a registry cache"
             } else {

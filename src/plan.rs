@@ -335,8 +335,8 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
     let mut order = vec![target];
     order.extend(package.build_order().into_iter().filter(|&s| s != target));
     let final_ancestors = package.graph.ancestors(target);
-    let mut built: BTreeMap<usize, usize> = BTreeMap::new();
     let mut final_build = None;
+    let mut final_pushes = Vec::new();
     for stage in order {
         let is_final = stage == target;
         let own = &refs[&stage];
@@ -396,14 +396,10 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
         }
         args.extend(common.tail.iter().cloned());
 
+        // After the final build every stage's result is in the engine's cache, so the stage
+        // builds wait for it alone, not for each other.
         let mut after = pulls.clone();
         after.extend(final_build);
-        after.extend(
-            package
-                .cached_ancestors(stage)
-                .iter()
-                .filter_map(|s| built.get(s).copied()),
-        );
         let build = Build {
             stage: label(stage),
             is_final,
@@ -429,7 +425,6 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
             env,
             after,
         );
-        built.insert(stage, id);
         if is_final {
             final_build = Some(id);
         }
@@ -452,15 +447,18 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
                 chain: chain(stage),
                 best_effort: cache && best_effort,
             };
-            plan.add(
-                name,
-                action,
-                &options.docker,
-                vec!["push".into(), image],
-                vec![],
-                vec![id],
-            );
+            let push = (action, vec!["push".to_string(), image], vec![id]);
+            // The final target's pushes go last: the stage builds, which have pushes of their
+            // own to follow, are then started first when they compete for `--jobs`.
+            if is_final {
+                final_pushes.push(push);
+            } else {
+                plan.add(name, push.0, &options.docker, push.1, vec![], push.2);
+            }
         }
+    }
+    for (action, args, after) in final_pushes {
+        plan.add(name, action, &options.docker, args, vec![], after);
     }
     Ok(())
 }
@@ -737,11 +735,11 @@ COPY --from=compile /out /out
         expect![[r#"
             # package `service`
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:dev --tag registry.example/acme/service:0.3.1 --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+            docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
             docker push registry.example/acme/service:dev  # skipped when nothing in it ran and the registry holds it
             docker push registry.example/acme/service:0.3.1
             docker push registry.example/acme/service:latest
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
-            docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
         "#]]
         .assert_eq(&shell(config, SERVICE, &options(Push::All, PullCache::Auto)));
     }
@@ -770,9 +768,9 @@ COPY --from=compile /out /out
         expect![[r#"
             # package `service`
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
-            docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
             docker push registry.example/acme/service:compile-feature-x  # skipped when nothing in it ran and the registry holds it
+            docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
         "#]]
         .assert_eq(&text);
         assert!(
@@ -925,14 +923,14 @@ COPY --from=compile-b /b /b
         expect![[r#"
             [
                 "0 build runtime after []",
-                "1 push runtime after [0]",
-                "2 push latest after [0]",
-                "3 build base after [0]",
-                "4 push base after [3]",
-                "5 build compile-a after [0, 3]",
-                "6 push a after [5]",
-                "7 build compile-b after [0, 3]",
-                "8 push b after [7]",
+                "1 build base after [0]",
+                "2 push base after [1]",
+                "3 build compile-a after [0]",
+                "4 push a after [3]",
+                "5 build compile-b after [0]",
+                "6 push b after [5]",
+                "7 push runtime after [0]",
+                "8 push latest after [0]",
             ]
         "#]]
         .assert_debug_eq(&summary);

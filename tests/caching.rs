@@ -239,7 +239,7 @@ fn independent_stages_build_at_once_and_only_the_changed_one_is_pushed_again() {
         path,
         "--push",
         "--jobs",
-        "2",
+        "3",
         "--message-format",
         "json",
     ];

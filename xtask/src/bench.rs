@@ -8,7 +8,7 @@
 //! empty engine; what the warm and changed runs need in the registry is put there first, by an
 //! untimed cold run of the same contender. Each run records its wall time, the agent's disk
 //! growth, the registry's access log (bytes served, requests) and how many Dockerfile steps ran
-//! and came from the cache. See `README.md` (Performance) for what the numbers say.
+//! and came from the cache.
 
 mod contender;
 mod fixture;
@@ -27,7 +27,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use testbed::{Engine, Flavor, Registry, Tools};
 
-use contender::{Contender, ContenderArg, Copy as _Unused, Programs};
+use contender::{Contender, ContenderArg, Programs};
 use fixture::{Copy, Fixture, FixtureName};
 use measure::{StageSteps, Traffic};
 
@@ -77,6 +77,9 @@ impl Scenario {
 
 /// Every scenario, in order.
 const SCENARIOS: [Scenario; 3] = [Scenario::Cold, Scenario::Warm, Scenario::Changed];
+
+/// The contenders of each scenario of one fixture.
+type PerScenario = Vec<(Scenario, Vec<Contender>)>;
 
 /// One timed run.
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +156,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let tools = testbed::require().context("the engine's tools are missing")?;
     let modern = testbed::require_modern().is_some();
     let tool = build_tool()?;
+    // Taken now: the repository may move on while the benchmark runs.
+    let versions = versions(&tools);
     let programs = Programs {
         docker: tools.cli28.clone(),
         tool,
@@ -201,6 +206,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let out_dir = crate::test::root().join("target/bench");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create `{}`", out_dir.display()))?;
+    // Logs of an earlier benchmark would mix with this one's.
+    let _ = std::fs::remove_dir_all(out_dir.join("logs"));
     let mut bench = Bench {
         tools: tools.clone(),
         programs,
@@ -214,7 +221,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         pending: None,
         out_dir: out_dir.clone(),
     };
-    let plan: Vec<(Fixture, Vec<(Scenario, Vec<Contender>)>)> = fixtures
+    let plan: Vec<(Fixture, PerScenario)> = fixtures
         .iter()
         .map(|f| {
             let per_scenario = scenarios
@@ -223,7 +230,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let cs: Vec<Contender> = contenders
                         .iter()
                         .copied()
-                        .filter(|c| c.scenarios().contains(&s))
+                        .filter(|c| c.scenarios().contains(&s) && c.measures(*f))
                         .collect();
                     (s, cs)
                 })
@@ -260,7 +267,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let results = Results {
         runs,
-        versions: versions(&tools),
+        versions,
         goals: report::goals(&bench.cells, overhead.as_ref()),
         cells: bench.cells,
         overhead,
@@ -287,7 +294,13 @@ fn build_tool() -> Result<PathBuf> {
     let cargo = crate::test::cargo();
     println!("bench: cargo build --release --bin xtask-docker");
     let status = std::process::Command::new(&cargo)
-        .args(["build", "--release", "--bin", "xtask-docker", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "xtask-docker",
+            "--manifest-path",
+        ])
         .arg(root.join("Cargo.toml"))
         .status()
         .with_context(|| format!("cannot run `{cargo}`"))?;
@@ -317,6 +330,36 @@ fn versions(tools: &Tools) -> BTreeMap<String, String> {
             .unwrap_or_default();
         versions.insert(name, format!("{version} ({})", path.display()));
     }
+    // The tool changes often: name the commit it was built from, and whether its source
+    // differed from that commit.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(crate::test::root())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ]);
+    versions.insert(
+        "xtask-docker".to_string(),
+        format!(
+            "commit {commit}{}",
+            if dirty.is_empty() {
+                ""
+            } else {
+                " with uncommitted changes"
+            }
+        ),
+    );
     let buildx = std::process::Command::new(&tools.cli28)
         .args(["buildx", "version"])
         .output()
@@ -326,7 +369,7 @@ fn versions(tools: &Tools) -> BTreeMap<String, String> {
     versions
 }
 
-fn dedup<T: Ord + Copy>(items: &[T]) -> Vec<T> {
+fn dedup<T: Ord + std::marker::Copy>(items: &[T]) -> Vec<T> {
     let mut seen = BTreeSet::new();
     items.iter().copied().filter(|i| seen.insert(*i)).collect()
 }
@@ -391,7 +434,7 @@ impl Bench {
             for round in 0..self.runs {
                 for c in rotate(&cold, round) {
                     let mut registry = self.tools.registry()?;
-                    let copy = copies.get(&c);
+                    let copy = copies.get(&c.reads_from().unwrap_or(c));
                     if let Some(copy) = copy {
                         copy.point_at(&registry.addr())?;
                     }
@@ -409,13 +452,9 @@ impl Bench {
             return Ok(());
         }
         let mut needed: BTreeSet<Contender> = warm.iter().chain(&changed).copied().collect();
-        needed.extend(
-            needed
-                .clone()
-                .iter()
-                .filter_map(|c| c.reads_from())
-                .collect::<Vec<_>>(),
-        );
+        // The best builds and the floors read what a tool contender pushed.
+        let read: Vec<Contender> = needed.iter().filter_map(|c| c.reads_from()).collect();
+        needed.extend(read);
         let needed: Vec<Contender> = needed.into_iter().collect();
         let mut registry = self.tools.registry()?;
         let mut copies = self.copies(fixture, &needed)?;
@@ -428,25 +467,43 @@ impl Bench {
         for c in needed
             .iter()
             .filter(|c| c.scenarios().contains(&Scenario::Cold))
-            .chain(needed.iter().filter(|c| {
-                matches!(c, Contender::BestClassic | Contender::BestModern)
-            }))
+            .chain(
+                needed
+                    .iter()
+                    .filter(|c| matches!(c, Contender::BestClassic | Contender::BestModern)),
+            )
         {
-            self.setup(fixture, *c, copies.get(c), &registry)?;
+            self.setup(
+                fixture,
+                *c,
+                copies.get(&c.reads_from().unwrap_or(*c)),
+                &registry,
+            )?;
         }
         for round in 0..self.runs {
             for c in rotate(&warm, round) {
-                self.measure(fixture, Scenario::Warm, c, copies.get(&c), &registry, round)?;
+                let context = copies.get(&c.reads_from().unwrap_or(c));
+                self.measure(fixture, Scenario::Warm, c, context, &registry, round)?;
             }
         }
         if fixture.name == FixtureName::Heavy && !warm.is_empty() {
             self.settle(&registry);
             for c in [Contender::ToolClassic, Contender::ToolRegistry] {
                 if let (true, Some(copy)) = (warm.contains(&c), copies.get(&c)) {
-                    println!("bench: {name} warm {}: profile run (-v, not in the table)", c.id());
+                    println!(
+                        "bench: {name} warm {}: profile run (-v, not in the table)",
+                        c.id()
+                    );
                     self.join_stopping();
-                    let profile =
-                        profile::run(&self.tools, &self.programs, c, fixture, copy, &registry, &self.out_dir)?;
+                    let profile = profile::run(
+                        &self.tools,
+                        &self.programs,
+                        c,
+                        fixture,
+                        copy,
+                        &registry,
+                        &self.out_dir,
+                    )?;
                     self.profiles.push(profile);
                 }
             }
@@ -457,7 +514,14 @@ impl Bench {
                     .get_mut(&c)
                     .context("a changed contender has a copy")?;
                 copy.edit(fixture)?;
-                self.measure(fixture, Scenario::Changed, c, copies.get(&c), &registry, round)?;
+                self.measure(
+                    fixture,
+                    Scenario::Changed,
+                    c,
+                    copies.get(&c),
+                    &registry,
+                    round,
+                )?;
             }
         }
         registry.stop();
@@ -473,7 +537,7 @@ impl Bench {
     ) -> Result<BTreeMap<Contender, Copy>> {
         contenders
             .iter()
-            .filter(|c| c.builds())
+            .filter(|c| c.owns_copy())
             .map(|&c| {
                 Ok((
                     c,
@@ -518,7 +582,8 @@ impl Bench {
         }
     }
 
-    /// An untimed run that fills the registry for the warm and changed runs.
+    /// An untimed run that fills the registry for the warm and changed runs; tried twice, as
+    /// a failed setup would end the whole benchmark.
     fn setup(
         &mut self,
         fixture: &Fixture,
@@ -527,41 +592,44 @@ impl Bench {
         registry: &Registry,
     ) -> Result<()> {
         self.settle(registry);
-        let engine = self.agent(contender.engine())?;
-        let config = engine.as_ref().map(|e| e.docker_config());
-        let scratch = match &config {
-            Some(_) => None,
-            None => Some(testbed::temp_dir("bench-config")?),
-        };
-        let config = config.or(scratch.clone()).context("a client config")?;
-        let cmds = contender::commands(
-            &self.programs,
-            contender,
-            fixture,
-            copy,
-            &registry.addr(),
-            false,
-        );
-        let host = engine.as_ref().map(|e| e.host());
-        let timed = contender::execute(&cmds, host.as_deref(), &config);
-        self.retire(engine);
-        if let Some(dir) = scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        println!(
-            "bench: {} setup: {} filled the registry in {:.1} s (untimed)",
-            fixture.name.as_str(),
-            contender.id(),
-            timed.seconds
-        );
-        if let Some(error) = timed.error {
-            bail!(
-                "{} setup run of {} failed: {error}",
-                fixture.name.as_str(),
+        let name = fixture.name.as_str();
+        let mut attempt = 1;
+        loop {
+            let offset = registry.log().len();
+            let engine = self
+                .agent(contender.engine())?
+                .context("a building contender has an engine")?;
+            let cmds = contender::commands(
+                &self.programs,
+                contender,
+                fixture,
+                copy,
+                &registry.addr(),
+                false,
+            );
+            let timed = contender::execute(&cmds, Some(&engine.host()), &engine.docker_config());
+            self.retire(Some(engine));
+            let Some(error) = timed.error else {
+                println!(
+                    "bench: {name} setup: {} filled the registry in {:.1} s (untimed)",
+                    contender.id(),
+                    timed.seconds
+                );
+                return Ok(());
+            };
+            let error = format!("{error}{}", registry_errors(registry, offset));
+            if attempt == 2 {
+                bail!(
+                    "{name} setup run of {} failed twice: {error}",
+                    contender.id()
+                );
+            }
+            println!(
+                "bench: {name} setup: {} failed, trying once more: {error}",
                 contender.id()
             );
+            attempt += 1;
         }
-        Ok(())
     }
 
     /// One timed run of `contender`, recorded in its cell.
@@ -606,8 +674,16 @@ impl Bench {
         if let Some(dir) = scratch {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let mut timed = timed;
+        if let Some(error) = &mut timed.error {
+            error.push_str(&registry_errors(registry, offset));
+        }
+        self.save_log(fixture, scenario, contender, round, &cmds, &timed);
         let stages = if contender.is_tool() {
-            timed.printed.first().and_then(|p| measure::tool_steps(&p.stdout))
+            timed
+                .printed
+                .first()
+                .and_then(|p| measure::tool_steps(&p.stdout))
         } else if contender.builds() {
             let outputs: Vec<&str> = timed.printed.iter().map(|p| p.stderr.as_str()).collect();
             Some(measure::plain_progress_steps(&outputs))
@@ -644,7 +720,7 @@ impl Bench {
         };
         self.done += 1;
         let steps = match record.steps() {
-            Some((steps, cached)) => format!("  steps {} ran/{steps}", steps - cached),
+            Some((steps, cached)) => format!("  steps ran/cached {}/{cached}", steps - cached),
             None => String::new(),
         };
         let disk = record
@@ -663,7 +739,11 @@ impl Bench {
             contender.id(),
             round + 1,
             record.seconds,
-            if record.error.is_some() { "  FAILED" } else { "" }
+            if record.error.is_some() {
+                "  FAILED"
+            } else {
+                ""
+            }
         );
         if let Some(error) = &record.error {
             println!("{error}");
@@ -675,6 +755,63 @@ impl Bench {
             offset,
         });
         Ok(())
+    }
+}
+
+impl Bench {
+    /// Keeps what a timed run printed in `target/bench/logs/`, for reading after the fact (the
+    /// tool's JSON events carry each step's start and end).
+    fn save_log(
+        &self,
+        fixture: &Fixture,
+        scenario: Scenario,
+        contender: Contender,
+        round: u32,
+        cmds: &[contender::Cmd],
+        timed: &contender::Timed,
+    ) {
+        let dir = self.out_dir.join("logs");
+        let mut text = String::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            text.push_str(&format!("$ {}\n", cmd.shell_line()));
+            if let Some(p) = timed.printed.get(i) {
+                text.push_str(&p.stderr);
+                if !p.stdout.is_empty() {
+                    text.push_str("--- stdout ---\n");
+                    text.push_str(&p.stdout);
+                }
+            }
+        }
+        let name = format!(
+            "{}-{}-{}-{}.log",
+            fixture.name.as_str(),
+            scenario.as_str(),
+            contender.id(),
+            round + 1
+        );
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(&name), text))
+        {
+            eprintln!("warning: cannot keep the log `{name}`: {e}");
+        }
+    }
+}
+
+/// The registry's error lines since `offset` (its answers of 500 name their cause only
+/// there), as an addition to a failure's message.
+fn registry_errors(registry: &Registry, offset: usize) -> String {
+    let log = registry.log();
+    let errors: Vec<&str> = log
+        .get(offset..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains("level=error"))
+        .take(5)
+        .collect();
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!("\nregistry log:\n{}", errors.join("\n"))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod ci;
 mod demo;
 mod engine;
@@ -29,6 +30,8 @@ enum Task {
     Ci(test::TestArgs),
     /// Build the example service on a fresh engine, then on another fresh one from the registry cache.
     Demo,
+    /// Benchmark the tool against the hand-written script and plain BuildKit on fresh engines.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Ci(args) => ci::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

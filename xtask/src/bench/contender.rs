@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use testbed::Flavor;
 
-use super::fixture::{self, Copy, Fixture};
+use super::fixture::{self, Copy, Fixture, FixtureName};
 use super::Scenario;
 
 /// One way of getting the fixture's final image built and pushed (or, for the floors, fetched).
@@ -69,7 +69,7 @@ pub enum ContenderArg {
     BestModern,
     /// `docker pull` of the final image, and `docker manifest inspect` of its tag.
     Floor,
-    /// One BuildKit build of the final target without caches (cold).
+    /// One BuildKit build of the final target without caches (cold, five-stage only).
     SingleBuildkit,
     /// The tool's own overhead: `--dry-run` against `cargo metadata`.
     Overhead,
@@ -136,6 +136,12 @@ impl Contender {
         }
     }
 
+    /// Whether it is measured on `fixture` at all: the cold lower bound only where its goal is
+    /// (five-stage), which keeps a full run within about 20 minutes.
+    pub fn measures(self, fixture: FixtureName) -> bool {
+        self != Contender::SingleBuildkit || fixture == FixtureName::FiveStage
+    }
+
     /// The scenarios it is measured in.
     pub fn scenarios(self) -> &'static [Scenario] {
         match self {
@@ -151,9 +157,16 @@ impl Contender {
         }
     }
 
-    /// Whether it keeps its own copy of the fixture (a build context, edited by `changed`).
+    /// Whether it builds (and so needs a build context).
     pub fn builds(self) -> bool {
         !matches!(self, Contender::Floor | Contender::FloorManifest)
+    }
+
+    /// Whether it keeps its own copy of the fixture (its build context, edited by `changed`).
+    /// The best builds use the copy of the tool whose caches they read: a copy of their own
+    /// would differ in its Cargo.toml (the image's name), which the Dockerfiles copy, and miss.
+    pub fn owns_copy(self) -> bool {
+        self.builds() && self.reads_from().is_none()
     }
 
     /// Lines its copy adds to the fixture's `[package.metadata.docker]`.
@@ -242,8 +255,8 @@ pub struct Programs {
     pub tool: PathBuf,
 }
 
-/// The commands of one run of `contender` on `fixture`, whose copy is `copy`, against the
-/// registry `addr`. `verbose` adds the tool's `-v` (for the profile run).
+/// The commands of one run of `contender` on `fixture`, whose build context is the copy `copy`,
+/// against the registry `addr`. `verbose` adds the tool's `-v` (for the profile run).
 pub fn commands(
     programs: &Programs,
     contender: Contender,
@@ -261,13 +274,14 @@ pub fn commands(
             .to_string()
     };
     let tool_image = |tag: &str| fixture::image(addr, Contender::ToolClassic.id(), name, tag);
+    // The final image of a one-command build, in the contender's own repository.
+    let own = fixture::image(addr, contender.id(), name, "latest");
     match contender {
         Contender::SeedClassic | Contender::SeedModern => {
-            let copy = copy.expect("the script has a copy");
             let images: Vec<String> = fixture
                 .seed_stages
                 .iter()
-                .map(|stage| copy.image(addr, name, &format!("seed-{stage}")))
+                .map(|stage| fixture::image(addr, contender.id(), name, &format!("seed-{stage}")))
                 .collect();
             let mut cmds = Vec::new();
             for image in &images {
@@ -323,8 +337,6 @@ pub fn commands(
             vec![cmd]
         }
         Contender::BestClassic => {
-            let copy = copy.expect("best-buildkit has a copy");
-            let own = copy.image(addr, name, "latest");
             let mut args: Vec<String> = [
                 "buildx",
                 "build",
@@ -346,8 +358,6 @@ pub fn commands(
             vec![Cmd::new(docker, &args)]
         }
         Contender::BestModern => {
-            let copy = copy.expect("best-buildkit has a copy");
-            let own = copy.image(addr, name, "latest");
             let cache = format!(
                 "type=registry,ref={}",
                 fixture::image(addr, Contender::ToolRegistry.id(), name, "buildcache")
@@ -374,8 +384,6 @@ pub fn commands(
             )]
         }
         Contender::SingleBuildkit => {
-            let copy = copy.expect("single-buildkit has a copy");
-            let own = copy.image(addr, name, "latest");
             let context = context();
             vec![Cmd::new(
                 docker,

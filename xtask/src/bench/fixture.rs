@@ -40,6 +40,8 @@ pub struct Fixture {
     pub changed_file: &'static str,
     /// The stages downstream of that file: the only ones whose steps should run after the edit.
     pub downstream: &'static [&'static str],
+    /// How many Dockerfile steps depend on that file: all that should run after the edit.
+    pub changed_steps: u64,
 }
 
 /// Every fixture, in report order.
@@ -70,6 +72,8 @@ impl FixtureName {
                 cache_tags: &["dev", "compile"],
                 changed_file: "src/main.rs",
                 downstream: &["compile", "runtime"],
+                // `COPY src`, the `RUN` after it, `COPY --from=compile`.
+                changed_steps: 3,
             },
             FixtureName::FiveStage => Fixture {
                 name: self,
@@ -79,6 +83,9 @@ impl FixtureName {
                 cache_tags: &["runtime", "base", "compile-a", "compile-b"],
                 changed_file: "a/source.txt",
                 downstream: &["compile-a", "runtime"],
+                // `COPY a`, its `RUN`, and both `COPY --from` of the runtime (the second one's
+                // parent layer changed).
+                changed_steps: 4,
             },
             FixtureName::Heavy => Fixture {
                 name: self,
@@ -87,6 +94,7 @@ impl FixtureName {
                 cache_tags: &["runtime", "compile"],
                 changed_file: "src/main.rs",
                 downstream: &["compile", "runtime"],
+                changed_steps: 3,
             },
         }
     }
@@ -104,8 +112,6 @@ pub struct Copy {
     pub manifest: PathBuf,
     /// The Cargo.toml's text with `{REGISTRY}` where the registry's address goes.
     template: String,
-    /// The repository namespace of this contender's images (`<registry>/<namespace>/<fixture>`).
-    namespace: String,
     /// How many times `changed` edited it.
     edits: u32,
 }
@@ -154,7 +160,6 @@ impl Copy {
             dir,
             manifest,
             template,
-            namespace: namespace.to_string(),
             edits: 0,
         })
     }
@@ -163,11 +168,6 @@ impl Copy {
     pub fn point_at(&self, addr: &str) -> Result<()> {
         fs::write(&self.manifest, self.template.replace("{REGISTRY}", addr))
             .with_context(|| format!("cannot write `{}`", self.manifest.display()))
-    }
-
-    /// `<addr>/<namespace>/<fixture>:<tag>`.
-    pub fn image(&self, addr: &str, fixture: FixtureName, tag: &str) -> String {
-        image(addr, &self.namespace, fixture, tag)
     }
 
     /// Changes one source file so that its content differs from every earlier state: a line

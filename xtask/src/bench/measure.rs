@@ -190,9 +190,7 @@ pub fn tool_steps(stdout: &str) -> Option<Vec<StageSteps>> {
         .find(|e| e["reason"] == "build-finished")?;
     let mut stages: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for s in finished["stages"].as_array()? {
-        let counts = stages
-            .entry(s["stage"].as_str()?.to_string())
-            .or_default();
+        let counts = stages.entry(s["stage"].as_str()?.to_string()).or_default();
         counts.0 += s["steps"].as_u64()?;
         counts.1 += s["cached"].as_u64()?;
     }
@@ -283,7 +281,8 @@ mod tests {
                 },
             ]
         );
-        let prefixed = "[heavy/runtime] #3 [linux/amd64 runtime 1/1] COPY a b\n[heavy/runtime] #3 CACHED\n";
+        let prefixed =
+            "[heavy/runtime] #3 [linux/amd64 runtime 1/1] COPY a b\n[heavy/runtime] #3 CACHED\n";
         assert_eq!(
             plain_progress_steps(&[prefixed]),
             [StageSteps {

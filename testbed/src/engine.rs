@@ -300,10 +300,15 @@ impl Engine {
         self.pid as u32
     }
 
-    /// Bytes in the files under the data root (symbolic links not followed, mounts not entered,
-    /// hard-linked files counted once).
+    /// Bytes the agent holds on disk: the files under the data root, and on the modern engine also
+    /// under its containerd's root, where that engine keeps image content and snapshots (symbolic
+    /// links not followed, mounts not entered, hard-linked files counted once).
     pub fn disk_usage(&self) -> u64 {
-        tree_bytes(&self.data_root())
+        let mut total = tree_bytes(&self.data_root());
+        if self.flavor == Flavor::Modern {
+            total += tree_bytes(&self.dir.join("ctrd-root"));
+        }
+        total
     }
 
     /// What dockerd logged so far.

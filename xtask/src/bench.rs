@@ -655,7 +655,7 @@ impl Bench {
             (None, Some(dir)) => dir.clone(),
             (None, None) => unreachable!("a scratch config exists without an engine"),
         };
-        let disk_before = engine.as_ref().map(measure::agent_bytes);
+        let disk_before = engine.as_ref().map(testbed::Engine::disk_usage);
         let cmds = contender::commands(
             &self.programs,
             contender,
@@ -668,7 +668,7 @@ impl Bench {
 
         let timed = contender::execute(&cmds, host.as_deref(), &config);
 
-        let disk_after = engine.as_ref().map(measure::agent_bytes);
+        let disk_after = engine.as_ref().map(testbed::Engine::disk_usage);
         let stored_after = registry.storage_bytes();
         self.retire(engine);
         if let Some(dir) = scratch {

@@ -2,55 +2,8 @@
 //! access log, BuildKit's plain progress, the tool's JSON events; and the statistics over runs.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use serde::Serialize;
-use testbed::{Engine, Flavor};
-
-/// Bytes an agent holds on disk: the data root, and for the modern engine also its containerd's
-/// root, where that engine keeps image content and snapshots (`Engine::disk_usage` counts the
-/// data root only, which on the modern engine misses nearly everything it fetched).
-pub fn agent_bytes(engine: &Engine) -> u64 {
-    let mut total = tree_bytes(&engine.data_root());
-    if engine.flavor() == Flavor::Modern {
-        total += tree_bytes(&engine.dir().join("ctrd-root"));
-    }
-    total
-}
-
-/// Bytes in the regular files under `root`, not following symbolic links, not entering other
-/// file systems (an engine's mounts), each hard-linked inode counted once. (The testbed's own
-/// version is private to it.)
-fn tree_bytes(root: &Path) -> u64 {
-    let Ok(top) = fs::symlink_metadata(root) else {
-        return 0;
-    };
-    let mut seen = HashSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    let mut total = 0;
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
-                continue;
-            };
-            if meta.dev() != top.dev() {
-                continue;
-            }
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() && (meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino())))
-            {
-                total += meta.len();
-            }
-        }
-    }
-    total
-}
 
 /// What the registry's access log says about a stretch of time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -118,13 +118,11 @@ fn a_failing_build_names_stage_package_and_command() {
     };
     let registry = tools.registry().unwrap();
     let manifest = service(&tools, &registry);
-    let dockerfile = manifest.with_file_name("Dockerfile");
-    let text = std::fs::read_to_string(&dockerfile).unwrap();
-    std::fs::write(
-        &dockerfile,
-        text.replace("RUN mkdir -p /out", "RUN false && mkdir -p /out"),
-    )
-    .unwrap();
+    support::edit(
+        &manifest.with_file_name("Dockerfile"),
+        "RUN mkdir -p /out",
+        "RUN false && mkdir -p /out",
+    );
     let agent = tools.engine().unwrap();
     let run = tool(
         &tools.cli28,

@@ -226,12 +226,8 @@ fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>>
 /// Warnings about the configuration that are not errors.
 fn lint(package: &Package, reporter: &Reporter) {
     let context = &package.config.context;
+    // BuildKit reads `<Dockerfile>.dockerignore` first, else the context's `.dockerignore`.
     let ignored = context.join(".dockerignore").is_file()
-        || package
-            .config
-            .dockerfile
-            .with_extension("dockerignore")
-            .is_file()
         || PathBuf::from(format!(
             "{}.dockerignore",
             package.config.dockerfile.display()

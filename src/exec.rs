@@ -442,6 +442,21 @@ fn run_step(
                 result.outcome =
                     Outcome::Skipped("nothing in it ran, and the registry holds its cache".into());
             } else {
+                // A stage image whose steps partly ran here and partly came from the registry is
+                // exported with inline cache that lacks the keys of the latter, unless the engine
+                // holds the old cache image (moby/buildkit#1981; seen here: the next agent re-ran
+                // the toolchain). So pull it first; the final build needed its layers anyway.
+                if let (true, true, Some(image)) =
+                    (build.skip_if_current, context.chain_ran, &build.writes)
+                {
+                    let pull = Step {
+                        args: vec!["pull".into(), image.clone()],
+                        env: Vec::new(),
+                        ..step.clone()
+                    };
+                    // A missing image (the first build of a new stage) only means nothing to keep.
+                    let _ = stream(&pull, tx, running, cancelled);
+                }
                 let out = stream(step, tx, running, cancelled);
                 let mut progress = BuildProgress::default();
                 out.text.lines().for_each(|l| progress.feed(l));

@@ -610,9 +610,9 @@ impl Step {
             Action::Pull { .. } => {
                 format!("{line} || true  # a missing cache image means no cache yet")
             }
-            Action::Build(b) if b.skip_if_current => {
-                format!("{line}  # skipped when nothing in it ran and the registry holds its cache")
-            }
+            Action::Build(b) if b.skip_if_current => format!(
+                "{line}  # skipped when nothing in it ran and the registry holds its cache; else after `docker pull` of its cache image"
+            ),
             Action::Push {
                 skip_if_current: true,
                 ..
@@ -735,7 +735,7 @@ COPY --from=compile /out /out
         expect![[r#"
             # package `service`
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:dev --tag registry.example/acme/service:0.3.1 --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache; else after `docker pull` of its cache image
             docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
             docker push registry.example/acme/service:dev  # skipped when nothing in it ran and the registry holds it
             docker push registry.example/acme/service:0.3.1
@@ -752,7 +752,7 @@ COPY --from=compile /out /out
             docker pull registry.example/acme/service:compile || true  # a missing cache image means no cache yet
             docker pull registry.example/acme/service:runtime || true  # a missing cache image means no cache yet
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache; else after `docker pull` of its cache image
         "#]]
         .assert_eq(&shell(config, SERVICE, &options(Push::Nothing, PullCache::Always)));
     }
@@ -768,7 +768,7 @@ COPY --from=compile /out /out
         expect![[r#"
             # package `service`
             DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
-            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache; else after `docker pull` of its cache image
             docker push registry.example/acme/service:compile-feature-x  # skipped when nothing in it ran and the registry holds it
             docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
         "#]]

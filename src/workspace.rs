@@ -242,7 +242,20 @@ fn lint(package: &Package, reporter: &Reporter) {
 }
 
 fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    // One git call for the whole run (a workspace's packages share one checkout), made while
+    // `cargo metadata` runs: on a dry run these two are most of the tool's own time.
+    let git_dir = match args
+        .select
+        .manifest_path
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let head = std::thread::spawn(move || git::head(&git_dir));
     let loaded = load_with_metadata(&args.select).map_err(Failure::config)?;
+    let head = head.join().ok().flatten();
     let push = if args.push {
         Push::All
     } else if args.push_cache_only {
@@ -270,10 +283,6 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
         reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
     }
-    // One git call for the whole run: a workspace's packages share one checkout.
-    let head = loaded
-        .first()
-        .and_then(|l| git::head(&l.package.config.manifest_dir));
     let mut inputs = Vec::new();
     for Loaded {
         package,

@@ -245,7 +245,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                 {
                     let ran = ran_stages.entry(step.package.as_str()).or_default();
                     for s in progress.steps().into_iter().filter(|s| !s.cached) {
-                        ran.insert(s.stage.unwrap_or_else(|| build.stage.clone()));
+                        ran.insert(s.stage_or(&build.stage).to_string());
                     }
                     report_imports(reporter, progress, &mut reported_imports);
                 }

@@ -31,6 +31,14 @@ pub struct StepReport {
     pub seconds: f64,
 }
 
+impl StepReport {
+    /// The stage the step belongs to: its own, or in a Dockerfile of one unnamed stage (where
+    /// BuildKit names none) the stage `build_stage` that was built.
+    pub fn stage_or<'a>(&'a self, build_stage: &'a str) -> &'a str {
+        self.stage.as_deref().unwrap_or(build_stage)
+    }
+}
+
 /// How reading one `--cache-from` source went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheImport {
@@ -119,6 +127,15 @@ impl BuildProgress {
             .collect()
     }
 
+    /// The `--cache-from` sources that were imported without an error.
+    pub fn imported(&self) -> Vec<String> {
+        self.imports()
+            .into_iter()
+            .filter(|i| i.error.is_none())
+            .map(|i| i.reference)
+            .collect()
+    }
+
     /// The errors that BuildKit reported for Dockerfile steps, with the step they belong to.
     pub fn errors(&self) -> Vec<String> {
         self.vertices
@@ -198,6 +215,14 @@ mod tests {
         assert_eq!(progress.cached(), 2);
         assert_eq!(progress.steps()[1].seconds, 0.0);
         assert_eq!(progress.steps()[2].stage.as_deref(), Some("runtime"));
+        assert_eq!(progress.steps()[2].stage_or("other"), "runtime");
+        let unnamed = StepReport {
+            name: "[2/2] RUN x".into(),
+            stage: None,
+            cached: false,
+            seconds: 0.0,
+        };
+        assert_eq!(unnamed.stage_or("stage-0"), "stage-0");
         assert_eq!(
             progress.ran(),
             vec!["[runtime 1/1] COPY --from=compile /out/service /usr/local/bin/service"]
@@ -260,6 +285,7 @@ mod tests {
         assert_eq!(imports.len(), 3);
         assert_eq!(imports[0].reference, "127.0.0.1:5055/svc:compile");
         assert_eq!(imports[0].error, None);
+        assert_eq!(progress.imported(), ["127.0.0.1:5055/svc:compile"]);
         assert!(imports[1].error.as_deref().unwrap().ends_with("not found"));
         assert!(imports[2]
             .error

@@ -311,18 +311,10 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
                 let Some(progress) = &result.progress else {
                     continue;
                 };
-                let imported: Vec<String> = progress
-                    .imports()
-                    .into_iter()
-                    .filter(|i| i.error.is_none())
-                    .map(|i| i.reference)
-                    .collect();
+                let imported = progress.imported();
                 for s in progress.steps() {
-                    let (report, steps) = entry(
-                        &mut stages,
-                        &step.package,
-                        s.stage.as_deref().unwrap_or(&build.stage),
-                    );
+                    let (report, steps) =
+                        entry(&mut stages, &step.package, s.stage_or(&build.stage));
                     for source in &imported {
                         if !report.cache_sources.contains(source) {
                             report.cache_sources.push(source.clone());
@@ -383,16 +375,11 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
         let Some(progress) = run.get(step.id).and_then(|r| r.progress.as_ref()) else {
             continue;
         };
-        let imported: Vec<String> = progress
-            .imports()
-            .into_iter()
-            .filter(|i| i.error.is_none())
-            .map(|i| i.reference)
-            .collect();
+        let imported = progress.imported();
         let mut stages: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for s in progress.steps() {
             let entry = stages
-                .entry(s.stage.unwrap_or_else(|| build.stage.clone()))
+                .entry(s.stage_or(&build.stage).to_string())
                 .or_default();
             entry.0 += 1;
             entry.1 += usize::from(s.cached);

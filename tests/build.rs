@@ -68,17 +68,14 @@ fn three_generations(cli: &Path) {
             run.stderr
         );
         // The final image is in the agent's engine and every tag is in the registry.
-        let inspect = std::process::Command::new(cli)
-            .args([
-                "image",
-                "inspect",
-                "--format",
-                "{{.Id}}",
-                &format!("{}/acme/service:0.3.1", registry.addr()),
-            ])
-            .env("DOCKER_HOST", agent.host())
-            .output()
-            .unwrap();
+        let image = format!("{}/acme/service:0.3.1", registry.addr());
+        let inspect = support::docker(
+            cli,
+            &agent,
+            &["image", "inspect", "--format", "{{.Id}}", &image],
+        )
+        .output()
+        .unwrap();
         assert!(
             inspect.status.success(),
             "{}",

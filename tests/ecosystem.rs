@@ -80,17 +80,19 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 fn labels(cli: &Path, engine: &testbed::Engine, image: &str) -> serde_json::Value {
-    let out = Command::new(cli)
-        .args([
+    let out = support::docker(
+        cli,
+        engine,
+        &[
             "image",
             "inspect",
             "--format",
             "{{json .Config.Labels}}",
             image,
-        ])
-        .env("DOCKER_HOST", engine.host())
-        .output()
-        .unwrap();
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -153,13 +153,8 @@ fn tool_watching(
     args: &[&str],
     mut on_event: impl FnMut(&serde_json::Value),
 ) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
-        .arg("docker")
-        .args(args)
+    let mut child = support::tool_command(cli, engine, args)
         .args(["--message-format", "json"])
-        .env("DOCKER", cli)
-        .env("DOCKER_HOST", engine.host())
-        .env("DOCKER_CONFIG", engine.docker_config())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -261,19 +256,15 @@ fn a_signal_during_a_build_ends_every_child_and_the_next_run_works() {
     let path = manifest.to_str().unwrap();
     let agent = tools.engine().unwrap();
     for (signal, expected) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
-            .args([
-                "docker",
-                "build",
-                "-v",
-                "--manifest-path",
-                path,
-                "--build-arg",
-                "SLOW=1",
-            ])
-            .env("DOCKER", &tools.cli28)
-            .env("DOCKER_HOST", agent.host())
-            .env("DOCKER_CONFIG", agent.docker_config())
+        let args = [
+            "build",
+            "-v",
+            "--manifest-path",
+            path,
+            "--build-arg",
+            "SLOW=1",
+        ];
+        let mut child = support::tool_command(&tools.cli28, &agent, &args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

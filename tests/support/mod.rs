@@ -67,10 +67,7 @@ pub fn seed_script(
     build_args: &[&str],
 ) {
     let docker = |args: &[&str], check: bool| {
-        let out = Command::new(cli)
-            .args(args)
-            .env("DOCKER_HOST", engine.host())
-            .env("DOCKER_CONFIG", engine.docker_config())
+        let out = docker(cli, engine, args)
             .env("DOCKER_BUILDKIT", "1")
             .output()
             .unwrap();
@@ -180,14 +177,32 @@ pub fn tool(cli: &Path, engine: &Engine, args: &[&str]) -> Run {
     tool_with(cli, engine, args, &[])
 }
 
+/// `xtask-docker docker ARGS` with `cli` as the docker CLI, against `engine`, not yet run.
+pub fn tool_command(cli: &Path, engine: &Engine, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask-docker"));
+    command.arg("docker").args(args).env("DOCKER", cli);
+    agent_env(&mut command, engine);
+    command
+}
+
+/// `cli ARGS` (the docker CLI itself) against `engine`, not yet run.
+pub fn docker(cli: &Path, engine: &Engine, args: &[&str]) -> Command {
+    let mut command = Command::new(cli);
+    command.args(args);
+    agent_env(&mut command, engine);
+    command
+}
+
+/// What makes a command talk to `engine` as that agent, with its own empty credentials.
+fn agent_env(command: &mut Command, engine: &Engine) {
+    command
+        .env("DOCKER_HOST", engine.host())
+        .env("DOCKER_CONFIG", engine.docker_config());
+}
+
 /// [`tool`] with more environment variables.
 pub fn tool_with(cli: &Path, engine: &Engine, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
-        .arg("docker")
-        .args(args)
-        .env("DOCKER", cli)
-        .env("DOCKER_HOST", engine.host())
-        .env("DOCKER_CONFIG", engine.docker_config())
+    let output = tool_command(cli, engine, args)
         .envs(env.iter().copied())
         .output()
         .unwrap();

@@ -260,21 +260,26 @@ fn cache_import_from_a_missing_ref_or_a_registry_that_is_down_only_reports_an_er
     let reg = registry.addr();
     let image = format!("{reg}/y:latest");
 
+    // The same build, reading the registry cache at `cache`.
+    let build_from = |cache: &str| {
+        let from = format!("type=registry,ref={cache}");
+        let args = [
+            "buildx",
+            "build",
+            "--progress=plain",
+            "--network=none",
+            "--cache-from",
+            &from,
+            "--tag",
+            &image,
+            "--push",
+            &ctx,
+        ];
+        docker_ok(&tools, &engine, &args)
+    };
+
     let missing = format!("{reg}/nothere:buildcache");
-    let from = format!("type=registry,ref={missing}");
-    let args = [
-        "buildx",
-        "build",
-        "--progress=plain",
-        "--network=none",
-        "--cache-from",
-        &from,
-        "--tag",
-        &image,
-        "--push",
-        &ctx,
-    ];
-    let output = docker_ok(&tools, &engine, &args)?;
+    let output = build_from(&missing)?;
     let expected =
         format!("ERROR: failed to configure registry cache importer: {missing}: not found");
     let line = output
@@ -287,20 +292,7 @@ fn cache_import_from_a_missing_ref_or_a_registry_that_is_down_only_reports_an_er
     // A port where nothing listens.
     let down = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let unreachable = format!("127.0.0.1:{down}/nothere:buildcache");
-    let from = format!("type=registry,ref={unreachable}");
-    let args = [
-        "buildx",
-        "build",
-        "--progress=plain",
-        "--network=none",
-        "--cache-from",
-        &from,
-        "--tag",
-        &image,
-        "--push",
-        &ctx,
-    ];
-    let output = docker_ok(&tools, &engine, &args)?;
+    let output = build_from(&unreachable)?;
     let line = output
         .lines()
         .find(|l| l.contains("registry cache importer"));

@@ -105,6 +105,9 @@ struct Context {
     chain_ran: bool,
     /// The engine held the step's image before the run.
     local_before: bool,
+    /// What the registry answered so far: image -> whether it holds it. A stage build that is
+    /// current and then its push ask about the same image.
+    in_registry: Arc<Mutex<BTreeMap<String, bool>>>,
 }
 
 /// Runs `plan`: each step once the steps it waits for are done, up to `jobs` at once. The first
@@ -131,6 +134,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     } else {
         BTreeSet::new()
     };
+    let in_registry: Arc<Mutex<BTreeMap<String, bool>>> = Arc::default();
     let (tx, rx) = mpsc::channel::<Msg>();
     let running: Running = Arc::default();
     let cancelled = Arc::new(AtomicBool::new(false));
@@ -185,6 +189,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                 let context = Context {
                     chain_ran: chain.iter().any(|c| ran.is_some_and(|r| r.contains(c))),
                     local_before: image.is_some_and(|i| local_before.contains(&i)),
+                    in_registry: in_registry.clone(),
                 };
                 reporter.event(json!({
                     "reason": "step-started",
@@ -421,7 +426,22 @@ fn run_step(
     };
     // A step whose image nothing in this run changed, and that the registry holds, is current.
     let current = |image: &str| -> bool {
-        !context.chain_ran && !context.local_before && engine.registry_has(image) == Ok(true)
+        if context.chain_ran || context.local_before {
+            return false;
+        }
+        let known = context
+            .in_registry
+            .lock()
+            .ok()
+            .and_then(|k| k.get(image).copied());
+        known.unwrap_or_else(|| {
+            // An error is not remembered: the push that follows meets it and says what it is.
+            let answer = engine.registry_has(image);
+            if let (Ok(held), Ok(mut k)) = (&answer, context.in_registry.lock()) {
+                k.insert(image.to_string(), *held);
+            }
+            answer == Ok(true)
+        })
     };
     match &step.action {
         Action::Pull { image } => {

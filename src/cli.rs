@@ -95,6 +95,9 @@ pub struct BuildArgs {
     /// Build every step; read no cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Build and push even when the registry holds a build of the same sources and commands.
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// When cache images are pulled before the builds.

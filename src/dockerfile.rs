@@ -31,6 +31,12 @@ pub struct Stage {
     pub deps: Vec<usize>,
     /// 1-based line of the stage's `FROM`.
     pub line: usize,
+    /// Images from outside the Dockerfile that the stage reads, as written after `ARG`
+    /// substitution: its base (unless a stage or `scratch`), `COPY --from` and mount `from=`
+    /// values that name no stage.
+    pub images: Vec<String>,
+    /// `ADD` sources that BuildKit fetches from the network (URLs, git repositories).
+    pub remote: Vec<String>,
 }
 
 /// The parsed stage graph of a Dockerfile.
@@ -364,6 +370,11 @@ struct Partial {
     line: usize,
 }
 
+/// Whether an `ADD` source is fetched from the network rather than read from the context.
+fn is_remote(source: &str) -> bool {
+    source.contains("://") || source.starts_with("git@")
+}
+
 fn build(
     dockerfile: &Dockerfile<'_>,
     lines: &LineIndex,
@@ -430,10 +441,14 @@ fn build(
     let count = partials.len();
     // dep -> line of the first instruction needing it, per stage, to point cycle errors at.
     let mut edges: Vec<BTreeMap<usize, usize>> = Vec::with_capacity(count);
+    let mut outside: Vec<(Vec<String>, Vec<String>)> = Vec::with_capacity(count);
     for (stage, partial) in dockerfile.stages().zip(&partials) {
         let mut deps = BTreeMap::new();
+        let (mut images, mut remote) = (Vec::new(), Vec::new());
         if let Some(base) = partial.base_stage {
             deps.insert(base, partial.line);
+        } else if partial.base != "scratch" {
+            images.push(partial.base.clone());
         }
         // ONBUILD instructions run in a later build that uses this image, not in this one.
         for instruction in stage.instructions {
@@ -451,8 +466,20 @@ fn build(
                         if from.is_empty() {
                             continue;
                         }
-                        if let Some(dep) = resolve(&from, "--from=", &by_name, count, line)? {
-                            deps.entry(dep).or_insert(line);
+                        match resolve(&from, "--from=", &by_name, count, line)? {
+                            Some(dep) => {
+                                deps.entry(dep).or_insert(line);
+                            }
+                            None => images.push(from),
+                        }
+                    }
+                }
+                Instruction::Add(add) => {
+                    for source in &add.src {
+                        if let parse_dockerfile::Source::Path(path) = source {
+                            if is_remote(&path.value) {
+                                remote.push(path.value.to_string());
+                            }
                         }
                     }
                 }
@@ -466,8 +493,11 @@ fn build(
                             DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
                         })?;
                         if let Some(from) = mount_from(&mount) {
-                            if let Some(dep) = resolve(&from, "from=", &by_name, count, line)? {
-                                deps.entry(dep).or_insert(line);
+                            match resolve(&from, "from=", &by_name, count, line)? {
+                                Some(dep) => {
+                                    deps.entry(dep).or_insert(line);
+                                }
+                                None => images.push(from),
                             }
                         }
                     }
@@ -476,14 +506,15 @@ fn build(
             }
         }
         edges.push(deps);
+        outside.push((images, remote));
     }
 
     let graph = StageGraph {
         stages: partials
             .into_iter()
-            .zip(&edges)
+            .zip(edges.iter().zip(outside))
             .enumerate()
-            .map(|(index, (p, deps))| Stage {
+            .map(|(index, (p, (deps, (images, remote))))| Stage {
                 index,
                 name: p.name,
                 base: p.base,
@@ -491,6 +522,8 @@ fn build(
                 platform: p.platform,
                 deps: deps.keys().copied().collect(),
                 line: p.line,
+                images,
+                remote,
             })
             .collect(),
     };
@@ -1137,6 +1170,10 @@ CMD [\"service\"]
                         platform: None,
                         deps: [],
                         line: 1,
+                        images: [
+                            "rust:1.82",
+                        ],
+                        remote: [],
                     },
                     Stage {
                         index: 1,
@@ -1148,6 +1185,10 @@ CMD [\"service\"]
                             0,
                         ],
                         line: 6,
+                        images: [
+                            "debian:bookworm-slim",
+                        ],
+                        remote: [],
                     },
                 ],
             }
@@ -1519,6 +1560,26 @@ FROM ${RUST:+alpine} AS alt
     }
 
     #[test]
+    fn images_from_outside_and_remote_sources_are_recorded() {
+        let graph = StageGraph::parse(
+            "ARG V=1.82\nFROM rust:${V} AS a\nCOPY --from=nginx:latest /etc/nginx /x\n\
+             RUN --mount=type=bind,from=ghcr.io/acme/tools@sha256:abc,target=/t true\n\
+             ADD https://example.com/a.tgz git@github.com:acme/x.git local.txt /d/\n\
+             FROM a AS b\nCOPY --from=a / /\nFROM scratch\n",
+        )
+        .unwrap();
+        assert_eq!(
+            graph.stages[0].images,
+            ["rust:1.82", "nginx:latest", "ghcr.io/acme/tools@sha256:abc"]
+        );
+        assert_eq!(
+            graph.stages[0].remote,
+            ["https://example.com/a.tgz", "git@github.com:acme/x.git"]
+        );
+        assert!(graph.stages[1].images.is_empty() && graph.stages[2].images.is_empty());
+    }
+
+    #[test]
     fn cycles() {
         assert_eq!(
             error("FROM alpine AS a\nCOPY --from=b /x /x\nFROM alpine AS b\nCOPY --from=a /y /y\n"),
@@ -1631,6 +1692,8 @@ FROM ${RUST:+alpine} AS alt
             platform: None,
             deps,
             line: 1,
+            images: vec![],
+            remote: vec![],
         };
         let g = StageGraph {
             stages: vec![stage(0, vec![1, 7]), stage(1, vec![0]), stage(2, vec![])],

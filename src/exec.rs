@@ -108,6 +108,9 @@ struct Context {
     /// What the registry answered so far: image -> whether it holds it. A stage build that is
     /// current and then its push ask about the same image.
     in_registry: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// The registry holds a build of the package's very plan under this marker tag: the step
+    /// has nothing to do.
+    package_current: Option<String>,
 }
 
 /// Runs `plan`: each step once the steps it waits for are done, up to `jobs` at once. The first
@@ -118,22 +121,9 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     // Which tags the engine held before this run: a build that ran no step on an engine that
     // did not hold its tag got everything from the registry's caches. Asked only where a step
     // may turn out current (not with a registry cache).
-    let may_skip = plan.steps.iter().any(|s| match &s.action {
-        Action::Build(b) => b.skip_if_current,
-        Action::Push {
-            skip_if_current, ..
-        } => *skip_if_current,
-        Action::Pull { .. } => false,
-    });
-    let local_before: BTreeSet<String> = if may_skip {
-        engine
-            .local_tags()
-            .unwrap_or_default()
-            .into_iter()
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
+    // Asked when a step that may be current starts, not before: a package that the registry
+    // holds a build of has no such step.
+    let mut local_before: Option<BTreeSet<String>> = None;
     let in_registry: Arc<Mutex<BTreeMap<String, bool>>> = Arc::default();
     let (tx, rx) = mpsc::channel::<Msg>();
     let running: Running = Arc::default();
@@ -161,6 +151,8 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     let mut in_flight = 0usize;
     let mut ran_stages: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let mut reported_imports: BTreeSet<String> = BTreeSet::new();
+    // Packages whose check found the registry holding their build: package -> marker tag.
+    let mut current_packages: BTreeMap<&str, String> = BTreeMap::new();
     let mut stop = false;
     let labels: Vec<String> = plan.steps.iter().map(|s| label(plan, s)).collect();
 
@@ -175,21 +167,35 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                 }
                 started_steps[step.id] = true;
                 in_flight += 1;
-                let image = match &step.action {
-                    Action::Build(b) => b.writes.clone(),
-                    Action::Push { image, .. } => Some(image.clone()),
-                    Action::Pull { .. } => None,
+                let (image, chain): (Option<&String>, &[String]) = match &step.action {
+                    Action::Build(b) if b.skip_if_current => (b.writes.as_ref(), &b.chain),
+                    Action::Push {
+                        image,
+                        chain,
+                        skip_if_current: true,
+                        ..
+                    } => (Some(image), chain),
+                    _ => (None, &[]),
                 };
-                let chain: &[String] = match &step.action {
-                    Action::Build(b) => &b.chain,
-                    Action::Push { chain, .. } => chain,
-                    Action::Pull { .. } => &[],
+                let package_current = current_packages.get(step.package.as_str()).cloned();
+                let local = match image {
+                    Some(image) if package_current.is_none() => local_before
+                        .get_or_insert_with(|| {
+                            engine
+                                .local_tags()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .collect()
+                        })
+                        .contains(image),
+                    _ => false,
                 };
                 let ran = ran_stages.get(step.package.as_str());
                 let context = Context {
                     chain_ran: chain.iter().any(|c| ran.is_some_and(|r| r.contains(c))),
-                    local_before: image.is_some_and(|i| local_before.contains(&i)),
+                    local_before: local,
                     in_registry: in_registry.clone(),
+                    package_current,
                 };
                 reporter.event(json!({
                     "reason": "step-started",
@@ -245,6 +251,11 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                 let step = &plan.steps[step_result.step];
                 let ok = !matches!(step_result.outcome, Outcome::Failed(_));
                 state[step.id] = Some(ok);
+                if let (Action::Check { marker, .. }, Outcome::Done) =
+                    (&step.action, &step_result.outcome)
+                {
+                    current_packages.insert(step.package.as_str(), marker.clone());
+                }
                 if let (Action::Build(build), Some(progress)) =
                     (&step.action, &step_result.progress)
                 {
@@ -282,6 +293,8 @@ fn label(plan: &Plan, step: &Step) -> String {
 
 fn announce(reporter: &Reporter, step: &Step) {
     match &step.action {
+        // Says what it found when it is done.
+        Action::Check { .. } | Action::Mark { .. } => {}
         Action::Pull { image } => reporter.status("Pulling", image),
         Action::Build(b) => {
             reporter.status("Building", &format!("{} stage `{}`", step.package, b.stage))
@@ -318,10 +331,20 @@ fn finish(reporter: &Reporter, plan: &Plan, step: &Step, result: &StepResult, la
                 },
                 _,
             ) => reporter.status("Pushed", &format!("{image} in {:.1}s", result.seconds)),
+            (Action::Check { marker, .. }, _) => reporter.status(
+                "Fresh",
+                &format!(
+                    "{}: the registry holds this build (`{marker}`), and every final tag holds it: nothing to build or push",
+                    step.package
+                ),
+            ),
+            (Action::Mark { marker }, _) => reporter.info(&format!("recorded this build as `{marker}`")),
             _ => {}
         },
         Outcome::Skipped(why) => match &step.action {
             Action::Pull { .. } => reporter.info(why),
+            Action::Check { .. } => reporter.info(&format!("{}: building: {why}", step.package)),
+            Action::Mark { .. } => {}
             Action::Build(b) => reporter.status(
                 "Fresh",
                 &format!("{} stage `{}` ({why})", step.package, b.stage),
@@ -354,7 +377,11 @@ fn finish(reporter: &Reporter, plan: &Plan, step: &Step, result: &StepResult, la
         "end": report::rfc3339(result.ended),
         "steps": progress.map(BuildProgress::step_count),
         "cached": progress.map(BuildProgress::cached),
-        "image": match &step.action { Action::Push { image, .. } | Action::Pull { image } => Some(image.clone()), Action::Build(_) => None },
+        "image": match &step.action {
+            Action::Push { image, .. } | Action::Pull { image } => Some(image.clone()),
+            Action::Check { marker, .. } | Action::Mark { marker } => Some(marker.clone()),
+            Action::Build(_) => None,
+        },
         "digest": result.digest,
     }));
 }
@@ -443,7 +470,28 @@ fn run_step(
             answer == Ok(true)
         })
     };
+    if let Some(marker) = &context.package_current {
+        result.outcome = Outcome::Skipped(format!("the registry holds this build as `{marker}`"));
+        result.ended = SystemTime::now();
+        return result;
+    }
     match &step.action {
+        Action::Check { marker, finals } => {
+            result.outcome = check(engine, marker, finals);
+        }
+        Action::Mark { marker } => {
+            let out = stream(step, tx, running, cancelled);
+            result.output = out.text;
+            if let Err(message) = out.result {
+                let problem = RegistryProblem::classify(&result.output);
+                result.outcome = Outcome::Warning(format!(
+                    "the marker `{marker}` was not pushed ({}: {message}): the next run builds again",
+                    problem.describe(marker)
+                ));
+            } else {
+                result.digest = push_digest(&result.output);
+            }
+        }
         Action::Pull { image } => {
             let out = stream(step, tx, running, cancelled);
             result.output = out.text;
@@ -556,6 +604,47 @@ fn run_step(
     result.ended = SystemTime::now();
     result.seconds = started_at.elapsed().as_secs_f64();
     result
+}
+
+/// Whether the registry holds a build of the package's plan: `marker` exists and every final tag
+/// holds the same image manifests. `Done` if so, else `Skipped` with the reason; a registry that
+/// does not answer only means building, where the build then says what is wrong.
+fn check(engine: &Engine, marker: &str, finals: &[String]) -> Outcome {
+    let images: Vec<&str> = std::iter::once(marker)
+        .chain(finals.iter().map(String::as_str))
+        .collect();
+    type Answer = Result<Option<BTreeSet<String>>, String>;
+    let answers: Vec<Answer> = std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .iter()
+            .map(|image| scope.spawn(move || engine.image_manifests(image)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("the check panicked".into()))
+            })
+            .collect()
+    });
+    let held = match &answers[0] {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return Outcome::Skipped("no build of these inputs in the registry yet".into()),
+        Err(e) => return Outcome::Skipped(format!("cannot ask the registry for `{marker}`: {e}")),
+    };
+    for (image, answer) in images.iter().zip(&answers).skip(1) {
+        match answer {
+            Ok(Some(manifest)) if manifest == held => {}
+            Ok(Some(_)) => {
+                return Outcome::Skipped(format!("`{image}` holds another image than `{marker}`"))
+            }
+            Ok(None) => return Outcome::Skipped(format!("`{image}` is not in the registry")),
+            Err(e) => {
+                return Outcome::Skipped(format!("cannot ask the registry for `{image}`: {e}"))
+            }
+        }
+    }
+    Outcome::Done
 }
 
 /// Pushes, retrying a registry that is unreachable or rate-limiting with a bounded backoff.

@@ -468,6 +468,8 @@ COPY --from=compile-b /b /b
             platform: None,
             deps,
             line: 1,
+            images: vec![],
+            remote: vec![],
         };
         // A cycle, a dependency past the end, a target past the end, no stages at all.
         package.graph = StageGraph {

@@ -1,7 +1,8 @@
 //! `cargo xtask docker`: multi-stage Docker builds whose stage caches live in a registry.
 //!
 //! The data flows one way: [`config`] (the Cargo.toml tables) -> [`dockerfile`] (the stage graph)
-//! -> [`package`] (the config checked against the graph) -> [`plan`] (pure: the steps to run) ->
+//! -> [`package`] (the config checked against the graph) -> [`fingerprint`] (what the build reads
+//! from the checkout) -> [`plan`] (pure: the steps to run) ->
 //! [`engine`] (what the CLI and builder can do) -> [`exec`] (runs the steps) -> [`report`] (what
 //! happened). [`workspace`] ties them together.
 
@@ -12,6 +13,7 @@ pub mod dockerfile;
 pub mod engine;
 pub mod exec;
 pub mod failure;
+pub mod fingerprint;
 pub mod git;
 pub mod graph;
 pub mod labels;

@@ -76,6 +76,9 @@ pub struct Input {
     pub vars: Vars,
     /// Labels of the final image.
     pub labels: BTreeMap<String, String>,
+    /// The fingerprint of what the build reads from the checkout (see `fingerprint`), when the
+    /// run may skip a build that the registry already holds.
+    pub sources: Option<String>,
 }
 
 /// What a step does, with what the executor and the report need to know of it.
@@ -85,6 +88,19 @@ pub enum Action {
     Pull {
         /// The image reference.
         image: String,
+    },
+    /// Asks the registry whether it holds a build of exactly this plan: the marker tag, and every
+    /// final tag holding the same manifest. If so, no other step of the package runs.
+    Check {
+        /// The marker tag: `<cache-image>:inputs-<fingerprint>`.
+        marker: String,
+        /// The final tags that must hold the marker's manifest.
+        finals: Vec<String>,
+    },
+    /// Pushes the marker tag, once every other step of the package succeeded.
+    Mark {
+        /// The marker tag.
+        marker: String,
     },
     /// A build of one stage.
     Build(Build),
@@ -206,12 +222,61 @@ pub fn cache_refs(
 pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
     for input in inputs {
+        let mut steps = Plan::default();
         match input.package.config.cache {
-            CacheMode::Inline => plan_inline(&mut plan, input, options)?,
-            CacheMode::Registry => plan_registry(&mut plan, input, options)?,
+            CacheMode::Inline => plan_inline(&mut steps, input, options)?,
+            CacheMode::Registry => plan_registry(&mut steps, input, options)?,
+        }
+        match marker(input, options, &steps) {
+            Some(marker) => plan.append_marked(steps, input, options, &marker),
+            None => {
+                plan.append(steps, &[]);
+            }
         }
     }
     Ok(plan)
+}
+
+/// The marker tag of a package's steps: `<cache-image>:inputs-<sha256>` of the sources'
+/// fingerprint and of every command with the checkout's paths left out (another agent checks
+/// out elsewhere), or `None` when the run does not skip: it pushes no final tag, must leave the
+/// image in the engine, or was told to build everything.
+fn marker(input: &Input, options: &Options, steps: &Plan) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let sources = input.sources.as_ref()?;
+    if options.push != Push::All || options.load || options.no_cache {
+        return None;
+    }
+    let config = &input.package.config;
+    let paths = [
+        (path(&config.dockerfile), "{dockerfile}"),
+        (path(&config.context), "{context}"),
+        (path(&config.manifest_dir), "{package}"),
+    ];
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    field(b"xtask-docker build v1");
+    field(env!("CARGO_PKG_VERSION").as_bytes());
+    field(sources.as_bytes());
+    for step in &steps.steps {
+        field(crate::report::kind(&step.action).as_bytes());
+        for word in step
+            .args
+            .iter()
+            .chain(step.env.iter().flat_map(|(k, v)| [k, v]))
+        {
+            let word = paths
+                .iter()
+                .fold(word.clone(), |w, (from, to)| w.replace(from.as_str(), to));
+            field(word.as_bytes());
+        }
+    }
+    let digest = crate::fingerprint::hex(&hash.finalize());
+    let tag = crate::reference::Tag::parse(&format!("inputs-{digest}")).ok()?;
+    Some(config.cache_image.with_tag(&tag))
 }
 
 /// The final tags of a package: its own, then the command line's.
@@ -557,6 +622,92 @@ fn path(p: &Path) -> String {
 }
 
 impl Plan {
+    /// Appends `steps`, renumbered, each also waiting for `before`. Returns the new ids.
+    fn append(&mut self, steps: Plan, before: &[usize]) -> Vec<usize> {
+        let offset = self.steps.len();
+        steps
+            .steps
+            .into_iter()
+            .map(|mut step| {
+                step.id += offset;
+                step.after = before
+                    .iter()
+                    .copied()
+                    .chain(step.after.iter().map(|a| a + offset))
+                    .collect();
+                if let Action::Push { build, .. } = &mut step.action {
+                    *build += offset;
+                }
+                let id = step.id;
+                self.steps.push(step);
+                id
+            })
+            .collect()
+    }
+
+    /// Appends a package's `steps` between a check for `marker` and its push: on an agent that
+    /// finds the registry holding this very build, nothing else runs.
+    fn append_marked(&mut self, mut steps: Plan, input: &Input, options: &Options, marker: &str) {
+        let docker = &options.docker;
+        let name = &input.package.config.package;
+        let Some(final_build) = steps.steps.iter().position(
+            |s| matches!(&s.action, Action::Build(b) if b.is_final && !b.finals.is_empty()),
+        ) else {
+            self.append(steps, &[]);
+            return;
+        };
+        let (finals, pushes_itself) = match &steps.steps[final_build].action {
+            Action::Build(b) => (b.finals.clone(), b.pushes),
+            _ => unreachable!("found as a build"),
+        };
+        let check = self.add(
+            name,
+            Action::Check {
+                marker: marker.to_string(),
+                finals: finals.clone(),
+            },
+            docker,
+            vec!["manifest".into(), "inspect".into(), marker.to_string()],
+            vec![],
+            vec![],
+        );
+        // The marker is pushed last, so that it stands for a run in which everything succeeded:
+        // from the engine, tagged by the build, or copied in the registry where the build
+        // pushes by itself.
+        let args = if pushes_itself {
+            vec![
+                "buildx".into(),
+                "imagetools".into(),
+                "create".into(),
+                "--tag".into(),
+                marker.to_string(),
+                finals[0].clone(),
+            ]
+        } else {
+            let build = &mut steps.steps[final_build];
+            let at = build
+                .args
+                .iter()
+                .rposition(|a| a == "--tag")
+                .map_or(build.args.len(), |i| i + 2);
+            build
+                .args
+                .splice(at..at, ["--tag".to_string(), marker.to_string()]);
+            vec!["push".into(), marker.to_string()]
+        };
+        let ids = self.append(steps, &[check]);
+        self.add(
+            name,
+            Action::Mark {
+                marker: marker.to_string(),
+            },
+            docker,
+            args,
+            vec![],
+            ids,
+        );
+    }
+
     fn add(
         &mut self,
         package: &str,
@@ -610,6 +761,9 @@ impl Step {
             Action::Pull { .. } => {
                 format!("{line} || true  # a missing cache image means no cache yet")
             }
+            Action::Check { .. } => format!(
+                "{line}  # when it and every final tag hold the same image, nothing below runs"
+            ),
             Action::Build(b) if b.skip_if_current => format!(
                 "{line}  # skipped when nothing in it ran and the registry holds its cache; else after `docker pull` of its cache image"
             ),
@@ -635,7 +789,7 @@ pub fn quote(word: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use expect_test::expect;
@@ -700,6 +854,7 @@ COPY --from=compile /out /out
             package: Package::resolve(config, dockerfile).unwrap(),
             vars: vars(),
             labels: BTreeMap::new(),
+            sources: None,
         }
     }
 
@@ -876,6 +1031,102 @@ COPY --from=compile /out /out
     }
 
     #[test]
+    fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
+        let marked = |config: Config, options: &Options| {
+            let input = Input {
+                sources: Some("f00d".into()),
+                ..input(config, SERVICE)
+            };
+            plan(&[input], options).unwrap()
+        };
+        let config = config(&[("compile", "compile")], &["latest"]);
+        let all = options(Push::All, PullCache::Auto);
+        let inline = marked(config.clone(), &all);
+        expect![[r#"
+            # package `service`
+            docker manifest inspect registry.example/acme/service:inputs-6b03beeecc0fb396fb69790175a55ced8425f222f588c4518d598e51f927d97a  # when it and every final tag hold the same image, nothing below runs
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-6b03beeecc0fb396fb69790175a55ced8425f222f588c4518d598e51f927d97a -f /src/service/Dockerfile /src/service
+            DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache; else after `docker pull` of its cache image
+            docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
+            docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+            docker push registry.example/acme/service:latest
+            docker push registry.example/acme/service:inputs-6b03beeecc0fb396fb69790175a55ced8425f222f588c4518d598e51f927d97a
+        "#]]
+        .assert_eq(&inline.to_shell());
+        // Every step waits for the check; the marker for every step.
+        let last = inline.steps.len() - 1;
+        assert!(matches!(inline.steps[0].action, Action::Check { .. }));
+        assert!(inline.steps[1..last].iter().all(|s| s.after.contains(&0)));
+        assert_eq!(inline.steps[last].after, (1..last).collect::<Vec<_>>());
+        let marker_of = |plan: &Plan| match &plan.steps[0].action {
+            Action::Check { marker, .. } => marker.clone(),
+            _ => String::new(),
+        };
+        let first = marker_of(&inline);
+
+        // Another checkout folder is the same build; other sources, args or tags are not.
+        let mut moved = config.clone();
+        moved.dockerfile = "/elsewhere/service/Dockerfile".into();
+        moved.context = "/elsewhere/service".into();
+        moved.manifest_dir = "/elsewhere/service".into();
+        assert_eq!(marker_of(&marked(moved, &all)), first);
+        let mut arg = config.clone();
+        arg.build_args.insert("PROFILE".into(), "release".into());
+        assert_ne!(marker_of(&marked(arg, &all)), first);
+        let tagged = Options {
+            tags: vec!["v2".into()],
+            ..all.clone()
+        };
+        assert_ne!(marker_of(&marked(config.clone(), &tagged)), first);
+        let other_sources = Input {
+            sources: Some("beef".into()),
+            ..input(config.clone(), SERVICE)
+        };
+        let other = plan(&[other_sources], &all).unwrap();
+        assert_ne!(marker_of(&other), first);
+
+        // No check where the run must build: no final push, an image wanted in the engine, or
+        // every step asked for.
+        for options in [
+            options(Push::CacheOnly, PullCache::Auto),
+            Options {
+                load: true,
+                ..all.clone()
+            },
+            Options {
+                no_cache: true,
+                ..all.clone()
+            },
+        ] {
+            let plan = marked(config.clone(), &options);
+            assert!(plan
+                .steps
+                .iter()
+                .all(|s| !matches!(s.action, Action::Check { .. } | Action::Mark { .. })));
+        }
+
+        // A build that pushes by itself is copied to the marker in the registry, afterwards.
+        let mut registry = config.clone();
+        registry.cache = CacheMode::Registry;
+        let shell = marked(registry, &all).to_shell();
+        let last = shell.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(
+                "docker buildx imagetools create --tag registry.example/acme/service:inputs-"
+            ) && last.ends_with(" registry.example/acme/service:latest"),
+            "{shell}"
+        );
+        assert!(
+            !shell
+                .lines()
+                .nth(2)
+                .unwrap_or_default()
+                .contains(":inputs-"),
+            "{shell}"
+        );
+    }
+
+    #[test]
     fn a_builder_of_its_own_pushes_from_the_build() {
         let config = config(&[("compile", "compile")], &["latest"]);
         let options = Options {
@@ -916,6 +1167,8 @@ COPY --from=compile-b /b /b
                         format!("push {}", image.rsplit(':').next().unwrap())
                     }
                     Action::Pull { image } => format!("pull {image}"),
+                    Action::Check { .. } => "check".to_string(),
+                    Action::Mark { .. } => "mark".to_string(),
                 };
                 format!("{} {what} after {:?}", s.id, s.after)
             })

@@ -216,6 +216,8 @@ pub fn plan_event(plan: &Plan) -> Value {
 fn detail(action: &Action) -> Value {
     match action {
         Action::Pull { image } => json!({ "image": image }),
+        Action::Check { marker, finals } => json!({ "marker": marker, "finals": finals }),
+        Action::Mark { marker } => json!({ "marker": marker }),
         Action::Build(b) => json!({
             "final": b.is_final,
             "writes": b.writes,
@@ -240,9 +242,11 @@ fn detail(action: &Action) -> Value {
     }
 }
 
-/// `pull`, `build` or `push`.
+/// `check`, `pull`, `build`, `push` or `mark`.
 pub fn kind(action: &Action) -> &'static str {
     match action {
+        Action::Check { .. } => "check",
+        Action::Mark { .. } => "mark",
         Action::Pull { .. } => "pull",
         Action::Build(_) => "build",
         Action::Push { .. } => "push",
@@ -254,7 +258,7 @@ pub fn stage_of(plan: &Plan, id: usize) -> Option<String> {
     match &plan.steps.get(id)?.action {
         Action::Build(b) => Some(b.stage.clone()),
         Action::Push { build, .. } => stage_of(plan, *build),
-        Action::Pull { .. } => None,
+        Action::Pull { .. } | Action::Check { .. } | Action::Mark { .. } => None,
     }
 }
 
@@ -342,7 +346,7 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
                     .pushed
                     .push(text);
             }
-            Action::Pull { .. } => {}
+            Action::Pull { .. } | Action::Check { .. } | Action::Mark { .. } => {}
         }
     }
     stages

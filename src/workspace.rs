@@ -283,12 +283,42 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
         reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
     }
+    // What each build reads from the checkout, where a build that the registry already holds
+    // may be skipped: hashed for all packages at once.
+    let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = loaded
+                .iter()
+                .map(|l| {
+                    let wanted = push == Push::All && !args.load && !args.no_cache && !args.rebuild;
+                    scope.spawn(move || wanted.then(|| crate::fingerprint::sources(&l.package)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(None))
+                .collect()
+        });
     let mut inputs = Vec::new();
-    for Loaded {
-        package,
-        labels: mut source,
-    } in loaded
+    for (
+        Loaded {
+            package,
+            labels: mut source,
+        },
+        fingerprint,
+    ) in loaded.into_iter().zip(fingerprints)
     {
+        let sources = match fingerprint {
+            Some(Ok(sources)) => Some(sources),
+            Some(Err(why)) => {
+                reporter.info(&format!(
+                    "package `{}` is built even if the registry holds the same build: {}",
+                    package.config.package, why.0
+                ));
+                None
+            }
+            None => None,
+        };
         lint(&package, reporter);
         let vars = vars(&package, args.branch.as_deref(), head.as_ref());
         source.revision = head.as_ref().map(|h| h.sha.clone());
@@ -298,6 +328,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
             package,
             vars,
             labels,
+            sources,
         });
     }
     let plan = plan::plan(&inputs, &options).map_err(Failure::config)?;

@@ -20,7 +20,16 @@ fn three_generations(cli: &Path) {
     let registry = tools.registry().unwrap();
     let manifest = service(&tools, &registry);
     let manifest = manifest.to_str().unwrap();
-    let build = ["build", "-v", "--manifest-path", manifest, "--push"];
+    // `--rebuild`: the generations are about inline cache, not about finding the same build in
+    // the registry, which would spare the later ones any build.
+    let build = [
+        "build",
+        "-v",
+        "--manifest-path",
+        manifest,
+        "--push",
+        "--rebuild",
+    ];
 
     let first = tools.engine().unwrap();
     let cold = tool(cli, &first, &build);

@@ -108,8 +108,10 @@ fn an_unchanged_rebuild_stores_far_less_than_the_seed_script_and_a_change_rebuil
     let path = manifest.to_str().unwrap();
     // A smaller toolchain than the benchmark's keeps the test quick; the ratio is the same.
     let size = ["--build-arg", "TOOLCHAIN_MB=24", "--build-arg", "DEPS_MB=8"];
+    // `--rebuild`: this test is about the cache on the way through a build, not about finding the
+    // build in the registry (see `a_fresh_agent_finds_...`).
     let build = |agent: &testbed::Engine, json: bool| {
-        let mut args = vec!["build", "--manifest-path", path, "--push"];
+        let mut args = vec!["build", "--manifest-path", path, "--push", "--rebuild"];
         args.extend(size);
         if json {
             args.extend(["--message-format", "json"]);
@@ -320,10 +322,21 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
     first.stop();
     let mut tags = registry.tags("acme/five-stage").unwrap();
     tags.sort();
+    let marker = tags.iter().position(|t| t.starts_with("inputs-"));
+    let marker = tags.remove(marker.expect("the marker tag"));
     assert_eq!(tags, ["buildcache", "latest"]);
+    // `buildx imagetools create` wraps a single manifest in an index: the marker holds the final
+    // image, which the third agent's check below relies on.
+    assert!(registry
+        .manifest_digest("acme/five-stage", &marker)
+        .unwrap()
+        .is_some());
 
+    // Through a build, every step comes from the registry cache ...
     let second = tools.modern_engine().unwrap();
-    let run = ok(tool(&tools.cli28, &second, &args));
+    let mut rebuild = args.to_vec();
+    rebuild.push("--rebuild");
+    let run = ok(tool(&tools.cli28, &second, &rebuild));
     for (stage, steps, cached) in stage_counts(&run) {
         assert!(
             steps > 0 && cached == steps,
@@ -331,6 +344,165 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
             run.stderr
         );
     }
+    second.stop();
+    // ... and without `--rebuild` the marker, copied in the registry, spares the build.
+    let latest = registry
+        .manifest_digest("acme/five-stage", "latest")
+        .unwrap();
+    let third = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &third, &args));
+    assert_eq!(kinds_done(&run), ["check"], "{}", run.stderr);
+    assert_eq!(
+        registry
+            .manifest_digest("acme/five-stage", "latest")
+            .unwrap(),
+        latest
+    );
+}
+
+/// The kinds of the steps that did something (`outcome: done`), in the order they ended.
+fn kinds_done(run: &Run) -> Vec<String> {
+    support::events(run)
+        .iter()
+        .filter(|e| e["reason"] == "step-finished" && e["outcome"] == "done")
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_fresh_agent_finds_the_same_build_in_the_registry_and_does_nothing() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let manifest = example("service", &tools, &registry);
+    let context = manifest.parent().unwrap().to_path_buf();
+    std::fs::write(context.join(".dockerignore"), "notes\n").unwrap();
+    std::fs::create_dir(context.join("notes")).unwrap();
+    std::fs::write(context.join("notes/todo.txt"), "one").unwrap();
+    let path = manifest.to_str().unwrap();
+    let args = [
+        "build",
+        "-v",
+        "--manifest-path",
+        path,
+        "--push",
+        "--message-format",
+        "json",
+    ];
+    let finals = ["0.3.1", "latest"];
+    let markers = || -> Vec<String> {
+        let mut tags = registry.tags("acme/service").unwrap();
+        tags.retain(|t| t.starts_with("inputs-"));
+        tags
+    };
+
+    let first = tools.engine().unwrap();
+    let run = ok(tool(&tools.cli20, &first, &args));
+    assert_eq!(
+        kinds_done(&run).last().map(String::as_str),
+        Some("mark"),
+        "the marker is pushed last\n{}",
+        run.stderr
+    );
+    first.stop();
+    let marked = markers();
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    let before = digests(&registry, "acme/service", &finals);
+    assert_eq!(
+        registry
+            .manifest_digest("acme/service", &marked[0])
+            .unwrap(),
+        before[0],
+        "the marker holds the final image"
+    );
+
+    // A fresh agent, nothing changed but a file the build does not see: nothing is built,
+    // pulled or pushed, and the agent holds no image.
+    std::fs::write(context.join("notes/todo.txt"), "two").unwrap();
+    let second = tools.engine().unwrap();
+    let run = ok(tool(&tools.cli20, &second, &args));
+    assert_eq!(kinds_done(&run), ["check"], "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the registry holds this build"),
+        "{}",
+        run.stderr
+    );
+    let images = support::docker(&tools.cli20, &second, &["image", "ls", "-q"])
+        .output()
+        .unwrap();
+    assert!(images.stdout.is_empty(), "{images:?}");
+    assert_eq!(digests(&registry, "acme/service", &finals), before);
+    second.stop();
+
+    // A final tag that moved on (another build pushed it) means building again.
+    let third = tools.engine().unwrap();
+    let moved = support::docker(
+        &tools.cli20,
+        &third,
+        &["pull", &format!("{}/acme/service:compile", registry.addr())],
+    )
+    .status()
+    .unwrap();
+    assert!(moved.success());
+    for args in [
+        vec![
+            "tag".to_string(),
+            format!("{}/acme/service:compile", registry.addr()),
+            format!("{}/acme/service:latest", registry.addr()),
+        ],
+        vec![
+            "push".to_string(),
+            format!("{}/acme/service:latest", registry.addr()),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert!(support::docker(&tools.cli20, &third, &args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    third.stop();
+    let agent = tools.engine().unwrap();
+    let run = ok(tool(&tools.cli20, &agent, &args));
+    assert!(
+        kinds_done(&run).contains(&"build".to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("holds another image"), "{}", run.stderr);
+    agent.stop();
+
+    // A source file the build reads: a build, a new marker.
+    edit(&context.join("src/main.rs"), "hello", "hello again");
+    let agent = tools.engine().unwrap();
+    let run = ok(tool(&tools.cli20, &agent, &args));
+    assert!(
+        run.stderr
+            .contains("no build of these inputs in the registry yet"),
+        "{}",
+        run.stderr
+    );
+    let compile = stage_counts(&run)
+        .into_iter()
+        .find(|c| c.0 == "compile")
+        .unwrap();
+    assert_eq!(
+        compile.1 - compile.2,
+        2,
+        "`COPY src` and its RUN: {compile:?}"
+    );
+    assert_eq!(markers().len(), 2);
+    assert_ne!(digests(&registry, "acme/service", &finals), before);
+    agent.stop();
+
+    // `--rebuild` builds all the same.
+    let agent = tools.engine().unwrap();
+    let mut rebuild = args.to_vec();
+    rebuild.push("--rebuild");
+    let run = ok(tool(&tools.cli20, &agent, &rebuild));
+    assert!(!kinds_done(&run).contains(&"check".to_string()));
+    assert!(!stage_counts(&run).is_empty());
 }
 
 #[test]

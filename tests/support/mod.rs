@@ -112,8 +112,21 @@ pub fn events(run: &Run) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The `stages` of the `build-finished` event: `(stage, steps, cached)`.
+/// The `stages` of the `build-finished` event: `(stage, steps, cached)`. Panics if no stage had a
+/// step: every caller looks at builds, and a run that built nothing would pass its loops.
 pub fn stage_counts(run: &Run) -> Vec<(String, u64, u64)> {
+    let counts = all_stage_counts(run);
+    assert!(
+        counts.iter().any(|c| c.1 > 0),
+        "no stage had a step: nothing was built
+{}",
+        run.stderr
+    );
+    counts
+}
+
+/// [`stage_counts`], stages without steps included and none required.
+pub fn all_stage_counts(run: &Run) -> Vec<(String, u64, u64)> {
     let events = events(run);
     let finished = events
         .iter()

@@ -96,6 +96,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// Build and push even when the registry holds a build of the same sources and commands.
+    /// (The new image is then recorded as that build.)
     #[arg(long)]
     pub rebuild: bool,
 }

@@ -121,9 +121,22 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     // Which tags the engine held before this run: a build that ran no step on an engine that
     // did not hold its tag got everything from the registry's caches. Asked only where a step
     // may turn out current (not with a registry cache).
-    // Asked when a step that may be current starts, not before: a package that the registry
-    // holds a build of has no such step.
+    // Which tags the engine held before this run: a build that ran no step on an engine that
+    // did not hold its tag got everything from the registry's caches. Asked, while the first
+    // steps run, only where a step may turn out current (not with a registry cache).
+    let may_skip = plan.steps.iter().any(|s| match &s.action {
+        Action::Build(b) => b.skip_if_current,
+        Action::Push {
+            skip_if_current, ..
+        } => *skip_if_current,
+        _ => false,
+    });
+    let mut asking = may_skip.then(|| {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.local_tags().unwrap_or_default())
+    });
     let mut local_before: Option<BTreeSet<String>> = None;
+
     let in_registry: Arc<Mutex<BTreeMap<String, bool>>> = Arc::default();
     let (tx, rx) = mpsc::channel::<Msg>();
     let running: Running = Arc::default();
@@ -162,7 +175,11 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                 if in_flight >= options.jobs.max(1) {
                     break;
                 }
-                if started_steps[step.id] || !step.after.iter().all(|&a| state[a] == Some(true)) {
+                if started_steps[step.id]
+                    || !step.after.iter().all(|&a| {
+                        state[a] == Some(true) || need_not_wait(plan, step, a, &in_registry)
+                    })
+                {
                     continue;
                 }
                 started_steps[step.id] = true;
@@ -178,16 +195,17 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                     _ => (None, &[]),
                 };
                 let package_current = current_packages.get(step.package.as_str()).cloned();
-                let local = match image {
-                    Some(image) if package_current.is_none() => local_before
-                        .get_or_insert_with(|| {
-                            engine
-                                .local_tags()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .collect()
-                        })
-                        .contains(image),
+                // Known before the first build starts, since a build tags images.
+                if matches!(step.action, Action::Build(_)) || image.is_some() {
+                    if let Some(handle) = asking.take() {
+                        local_before =
+                            Some(handle.join().unwrap_or_default().into_iter().collect());
+                    }
+                }
+                let local = match (image, &local_before) {
+                    (Some(image), Some(before)) if package_current.is_none() => {
+                        before.contains(image)
+                    }
                     _ => false,
                 };
                 let ran = ran_stages.get(step.package.as_str());
@@ -279,8 +297,44 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     if let Some(handle) = signal_handle {
         handle.close();
     }
+    // No `docker` process outlives the run.
+    if let Some(handle) = asking.take() {
+        let _ = handle.join();
+    }
     result.seconds = started.elapsed().as_secs_f64();
     result
+}
+
+/// Whether `step` may start before step `after` is done, though it waits for it in the plan: a
+/// stage build waits for the final build only to learn whether it can be skipped, and it cannot
+/// be when the registry lacks its cache image. It then starts at once, and BuildKit shares the
+/// steps both builds have.
+fn need_not_wait(
+    plan: &Plan,
+    step: &Step,
+    after: usize,
+    in_registry: &Mutex<BTreeMap<String, bool>>,
+) -> bool {
+    let (
+        Action::Build(build),
+        Some(Step {
+            action: Action::Build(waited),
+            package,
+            ..
+        }),
+    ) = (&step.action, plan.steps.get(after))
+    else {
+        return false;
+    };
+    let missing = |image: &String| {
+        in_registry
+            .lock()
+            .is_ok_and(|known| known.get(image) == Some(&false))
+    };
+    build.skip_if_current
+        && waited.is_final
+        && *package == step.package
+        && build.writes.as_ref().is_some_and(missing)
 }
 
 /// `service/compile` for a build or push of a stage, `service` otherwise.
@@ -476,8 +530,12 @@ fn run_step(
         return result;
     }
     match &step.action {
-        Action::Check { marker, finals } => {
-            result.outcome = check(engine, marker, finals);
+        Action::Check {
+            marker,
+            finals,
+            caches,
+        } => {
+            result.outcome = check(engine, marker, finals, caches, &context.in_registry);
         }
         Action::Mark { marker } => {
             let out = stream(step, tx, running, cancelled);
@@ -608,10 +666,18 @@ fn run_step(
 
 /// Whether the registry holds a build of the package's plan: `marker` exists and every final tag
 /// holds the same image manifests. `Done` if so, else `Skipped` with the reason; a registry that
-/// does not answer only means building, where the build then says what is wrong.
-fn check(engine: &Engine, marker: &str, finals: &[String]) -> Outcome {
+/// does not answer only means building, where the build then says what is wrong. Whether the
+/// registry holds each of `caches` is asked at the same time and remembered in `in_registry`.
+fn check(
+    engine: &Engine,
+    marker: &str,
+    finals: &[String],
+    caches: &[String],
+    in_registry: &Mutex<BTreeMap<String, bool>>,
+) -> Outcome {
     let images: Vec<&str> = std::iter::once(marker)
         .chain(finals.iter().map(String::as_str))
+        .chain(caches.iter().map(String::as_str))
         .collect();
     type Answer = Result<Option<BTreeSet<String>>, String>;
     let answers: Vec<Answer> = std::thread::scope(|scope| {
@@ -627,12 +693,19 @@ fn check(engine: &Engine, marker: &str, finals: &[String]) -> Outcome {
             })
             .collect()
     });
+    if let Ok(mut known) = in_registry.lock() {
+        for (image, answer) in caches.iter().zip(&answers[1 + finals.len()..]) {
+            if let Ok(held) = answer {
+                known.insert(image.clone(), held.is_some());
+            }
+        }
+    }
     let held = match &answers[0] {
         Ok(Some(manifest)) => manifest,
         Ok(None) => return Outcome::Skipped("no build of these inputs in the registry yet".into()),
         Err(e) => return Outcome::Skipped(format!("cannot ask the registry for `{marker}`: {e}")),
     };
-    for (image, answer) in images.iter().zip(&answers).skip(1) {
+    for (image, answer) in images.iter().zip(&answers).skip(1).take(finals.len()) {
         match answer {
             Ok(Some(manifest)) if manifest == held => {}
             Ok(Some(_)) => {

@@ -45,6 +45,8 @@ pub struct Options {
     pub load: bool,
     /// Build every step, reading no cache.
     pub no_cache: bool,
+    /// Build even when the registry holds this build (the marker is still pushed).
+    pub rebuild: bool,
     /// Build arguments from the command line; they win over the config's.
     pub build_args: BTreeMap<String, String>,
     /// Tags from the command line, added to every package's final tags.
@@ -61,6 +63,7 @@ impl Options {
             builder: None,
             load: false,
             no_cache: false,
+            rebuild: false,
             build_args: BTreeMap::new(),
             tags: Vec::new(),
         }
@@ -96,6 +99,10 @@ pub enum Action {
         marker: String,
         /// The final tags that must hold the marker's manifest.
         finals: Vec<String>,
+        /// The cache images of stage builds that may be skipped, asked at the same time: a stage
+        /// build whose cache image the registry lacks cannot be skipped, and so starts at once
+        /// instead of after the final build (on a cold registry, every one of them).
+        caches: Vec<String>,
     },
     /// Pushes the marker tag, once every other step of the package succeeded.
     Mark {
@@ -646,7 +653,8 @@ impl Plan {
     }
 
     /// Appends a package's `steps` between a check for `marker` and its push: on an agent that
-    /// finds the registry holding this very build, nothing else runs.
+    /// finds the registry holding this very build, nothing else runs. With `rebuild`, there is
+    /// no check, and the marker is pushed all the same: it stands for the new image.
     fn append_marked(&mut self, mut steps: Plan, input: &Input, options: &Options, marker: &str) {
         let docker = &options.docker;
         let name = &input.package.config.package;
@@ -660,17 +668,28 @@ impl Plan {
             Action::Build(b) => (b.finals.clone(), b.pushes),
             _ => unreachable!("found as a build"),
         };
-        let check = self.add(
-            name,
-            Action::Check {
-                marker: marker.to_string(),
-                finals: finals.clone(),
-            },
-            docker,
-            vec!["manifest".into(), "inspect".into(), marker.to_string()],
-            vec![],
-            vec![],
-        );
+        let caches: Vec<String> = steps
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Build(b) if b.skip_if_current => b.writes.clone(),
+                _ => None,
+            })
+            .collect();
+        let check = (!options.rebuild).then(|| {
+            self.add(
+                name,
+                Action::Check {
+                    marker: marker.to_string(),
+                    finals: finals.clone(),
+                    caches,
+                },
+                docker,
+                vec!["manifest".into(), "inspect".into(), marker.to_string()],
+                vec![],
+                vec![],
+            )
+        });
         // The marker is pushed last, so that it stands for a run in which everything succeeded:
         // from the engine, tagged by the build, or copied in the registry where the build
         // pushes by itself.
@@ -695,7 +714,7 @@ impl Plan {
                 .splice(at..at, ["--tag".to_string(), marker.to_string()]);
             vec!["push".into(), marker.to_string()]
         };
-        let ids = self.append(steps, &[check]);
+        let ids = self.append(steps, check.as_slice());
         self.add(
             name,
             Action::Mark {
@@ -1104,6 +1123,19 @@ COPY --from=compile /out /out
                 .iter()
                 .all(|s| !matches!(s.action, Action::Check { .. } | Action::Mark { .. })));
         }
+
+        // `--rebuild`: no check, the same marker pushed at the end.
+        let rebuilt = marked(
+            config.clone(),
+            &Options {
+                rebuild: true,
+                ..all.clone()
+            },
+        );
+        assert!(matches!(rebuilt.steps[0].action, Action::Build(_)));
+        assert!(
+            matches!(&rebuilt.steps.last().unwrap().action, Action::Mark { marker } if *marker == first)
+        );
 
         // A build that pushes by itself is copied to the marker in the registry, afterwards.
         let mut registry = config.clone();

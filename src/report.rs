@@ -216,7 +216,11 @@ pub fn plan_event(plan: &Plan) -> Value {
 fn detail(action: &Action) -> Value {
     match action {
         Action::Pull { image } => json!({ "image": image }),
-        Action::Check { marker, finals } => json!({ "marker": marker, "finals": finals }),
+        Action::Check {
+            marker,
+            finals,
+            caches,
+        } => json!({ "marker": marker, "finals": finals, "caches": caches }),
         Action::Mark { marker } => json!({ "marker": marker }),
         Action::Build(b) => json!({
             "final": b.is_final,

@@ -270,6 +270,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         builder: args.builder.clone(),
         load: args.load,
         no_cache: args.no_cache,
+        rebuild: args.rebuild,
         build_args: parse_build_args(&args.build_args).map_err(Failure::config)?,
         tags: args.tags.clone(),
     };
@@ -290,7 +291,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
             let handles: Vec<_> = loaded
                 .iter()
                 .map(|l| {
-                    let wanted = push == Push::All && !args.load && !args.no_cache && !args.rebuild;
+                    let wanted = push == Push::All && !args.load && !args.no_cache;
                     scope.spawn(move || wanted.then(|| crate::fingerprint::sources(&l.package)))
                 })
                 .collect();

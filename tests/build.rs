@@ -47,11 +47,11 @@ fn three_generations(cli: &Path) {
     );
     assert!(cold.stderr.contains(&info), "{}", cold.stderr);
     first.stop();
-    let mut tags = registry.tags("acme/service").unwrap();
-    tags.sort();
+    let (tags, markers) = support::tags_and_markers(&registry, "acme/service");
     let mut expected = TAGS.map(String::from).to_vec();
     expected.sort();
     assert_eq!(tags, expected);
+    assert_eq!(markers, 1, "`--rebuild` still records the build");
 
     for generation in [2, 3] {
         let agent = tools.engine().unwrap();
@@ -229,12 +229,22 @@ fn dry_run_prints_the_plan_and_needs_no_engine() {
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
         lines.len(),
-        2 + 2 + 2,
-        "two builds, two cache pushes, two final tags:\n{stdout}"
+        1 + 2 + 2 + 2 + 1,
+        "the registry check, two builds, two cache pushes, two final tags, the marker:\n{stdout}"
+    );
+    assert!(
+        lines[0].starts_with(
+            "/nonexistent/docker manifest inspect 127.0.0.1:5000/acme/service:inputs-"
+        ),
+        "{stdout}"
     );
     // The final target first; the intermediate stage after it, to tag and push its cache.
     assert!(
-        lines[0].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
+        lines[1].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
+        "{stdout}"
+    );
+    assert!(
+        lines[7].starts_with("/nonexistent/docker push 127.0.0.1:5000/acme/service:inputs-"),
         "{stdout}"
     );
     assert!(
@@ -324,18 +334,22 @@ fn the_plan_event_lists_every_step_with_its_argv() {
     let plan: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(plan["reason"], "plan");
     let steps = plan["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 6);
-    assert_eq!(steps[0]["kind"], "build");
-    assert_eq!(steps[0]["detail"]["final"], true);
-    assert_eq!(steps[0]["env"]["DOCKER_BUILDKIT"], "1");
-    assert_eq!(steps[0]["args"][0], "build");
+    assert_eq!(steps.len(), 8);
+    assert_eq!(steps[0]["kind"], "check");
+    assert_eq!(steps[7]["kind"], "mark");
+    assert_eq!(steps[1]["kind"], "build");
+    assert_eq!(steps[1]["detail"]["final"], true);
+    assert_eq!(steps[1]["env"]["DOCKER_BUILDKIT"], "1");
+    assert_eq!(steps[1]["args"][0], "build");
+    assert_eq!(steps[1]["after"], serde_json::json!([0]));
     let compile = steps
         .iter()
         .find(|s| s["stage"] == "compile" && s["kind"] == "build")
         .unwrap();
     assert_eq!(compile["detail"]["skipped_when_current"], true);
     assert_eq!(
-        compile["after"][0], 0,
-        "the stage build waits for the final build"
+        compile["after"],
+        serde_json::json!([0, 1]),
+        "the stage build waits for the check and the final build"
     );
 }

@@ -239,9 +239,9 @@ fn the_makefile_recipe_runs() {
         "make image failed:\n{}\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let mut tags = registry.tags("acme/service").unwrap();
-    tags.sort();
+    let (tags, markers) = support::tags_and_markers(&registry, "acme/service");
     assert_eq!(tags, ["0.3.1", "compile", "dev", "latest"], "{stderr}");
+    assert_eq!(markers, 1, "{stderr}");
 }
 
 #[test]

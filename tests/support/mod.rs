@@ -104,6 +104,17 @@ pub fn seed_script(
     }
 }
 
+/// The registry's tags of `repo`, sorted, without the markers (`inputs-<sha256>`) that record
+/// which build the final tags hold; and how many markers there were.
+pub fn tags_and_markers(registry: &testbed::Registry, repo: &str) -> (Vec<String>, usize) {
+    let mut tags = registry.tags(repo).unwrap();
+    tags.sort();
+    let before = tags.len();
+    tags.retain(|t| !t.starts_with("inputs-"));
+    let markers = before - tags.len();
+    (tags, markers)
+}
+
 /// JSON events of a run with `--message-format json`.
 pub fn events(run: &Run) -> Vec<serde_json::Value> {
     run.stdout

@@ -23,6 +23,11 @@ pub enum Contender {
     ToolClassic,
     /// The same with `cache = "registry"` and `provenance = false`, modern engine.
     ToolRegistry,
+    /// `tool-classic` with `--rebuild`: through a build even where the registry holds it (as
+    /// after a commit that changes only the image's revision label).
+    ToolClassicRebuild,
+    /// `tool-registry` with `--rebuild`.
+    ToolRegistryRebuild,
     /// One `docker buildx build --push` reading the tool's inline caches, classic engine.
     BestClassic,
     /// One `docker buildx build --push` reading the tool's registry cache, modern engine.
@@ -36,11 +41,13 @@ pub enum Contender {
 }
 
 /// Every contender, in report order.
-pub const ALL: [Contender; 9] = [
+pub const ALL: [Contender; 11] = [
     Contender::SeedClassic,
     Contender::SeedModern,
     Contender::ToolClassic,
     Contender::ToolRegistry,
+    Contender::ToolClassicRebuild,
+    Contender::ToolRegistryRebuild,
     Contender::BestClassic,
     Contender::BestModern,
     Contender::SingleBuildkit,
@@ -61,6 +68,8 @@ pub enum ContenderArg {
     ToolClassic,
     /// The tool, registry cache, modern engine.
     ToolRegistry,
+    /// The tool on both engines with `--rebuild` (warm only).
+    ToolRebuild,
     /// The best one-command BuildKit build on both engines.
     BestBuildkit,
     /// The best one-command BuildKit build on the classic engine.
@@ -84,6 +93,10 @@ impl ContenderArg {
             ContenderArg::SeedModern => &[Contender::SeedModern],
             ContenderArg::ToolClassic => &[Contender::ToolClassic],
             ContenderArg::ToolRegistry => &[Contender::ToolRegistry],
+            ContenderArg::ToolRebuild => &[
+                Contender::ToolClassicRebuild,
+                Contender::ToolRegistryRebuild,
+            ],
             ContenderArg::BestBuildkit => &[Contender::BestClassic, Contender::BestModern],
             ContenderArg::BestClassic => &[Contender::BestClassic],
             ContenderArg::BestModern => &[Contender::BestModern],
@@ -102,6 +115,8 @@ impl Contender {
             Contender::SeedModern => "seed-modern",
             Contender::ToolClassic => "tool-classic",
             Contender::ToolRegistry => "tool-registry",
+            Contender::ToolClassicRebuild => "tool-classic-rebuild",
+            Contender::ToolRegistryRebuild => "tool-registry-rebuild",
             Contender::BestClassic => "best-classic",
             Contender::BestModern => "best-modern",
             Contender::Floor => "floor",
@@ -117,6 +132,8 @@ impl Contender {
             Contender::SeedModern => "seed-script (modern)",
             Contender::ToolClassic => "tool-classic",
             Contender::ToolRegistry => "tool-registry (modern)",
+            Contender::ToolClassicRebuild => "tool-classic --rebuild",
+            Contender::ToolRegistryRebuild => "tool-registry --rebuild (modern)",
             Contender::BestClassic => "best-buildkit (classic)",
             Contender::BestModern => "best-buildkit (modern)",
             Contender::Floor => "floor: docker pull (classic)",
@@ -128,9 +145,10 @@ impl Contender {
     /// The engine it runs on (a fresh one each run); `None`: it needs none.
     pub fn engine(self) -> Option<Flavor> {
         match self {
-            Contender::SeedModern | Contender::ToolRegistry | Contender::BestModern => {
-                Some(Flavor::Modern)
-            }
+            Contender::SeedModern
+            | Contender::ToolRegistry
+            | Contender::ToolRegistryRebuild
+            | Contender::BestModern => Some(Flavor::Modern),
             Contender::FloorManifest => None,
             _ => Some(Flavor::Classic),
         }
@@ -151,6 +169,8 @@ impl Contender {
             | Contender::ToolRegistry => &[Scenario::Cold, Scenario::Warm, Scenario::Changed],
             Contender::BestClassic
             | Contender::BestModern
+            | Contender::ToolClassicRebuild
+            | Contender::ToolRegistryRebuild
             | Contender::Floor
             | Contender::FloorManifest => &[Scenario::Warm],
             Contender::SingleBuildkit => &[Scenario::Cold],
@@ -173,23 +193,32 @@ impl Contender {
     pub fn table_extra(self) -> &'static str {
         match self {
             // No attestation manifests: the other contenders push none either.
-            Contender::ToolRegistry => "cache = \"registry\"\nprovenance = false",
+            Contender::ToolRegistry | Contender::ToolRegistryRebuild => {
+                "cache = \"registry\"\nprovenance = false"
+            }
             _ => "",
         }
     }
 
     /// Whether it is the tool (its output is JSON events).
     pub fn is_tool(self) -> bool {
-        matches!(self, Contender::ToolClassic | Contender::ToolRegistry)
+        matches!(
+            self,
+            Contender::ToolClassic
+                | Contender::ToolRegistry
+                | Contender::ToolClassicRebuild
+                | Contender::ToolRegistryRebuild
+        )
     }
 
     /// The contender whose registry content a warm run of this one reads, when not its own.
     pub fn reads_from(self) -> Option<Contender> {
         match self {
-            Contender::BestClassic | Contender::Floor | Contender::FloorManifest => {
-                Some(Contender::ToolClassic)
-            }
-            Contender::BestModern => Some(Contender::ToolRegistry),
+            Contender::BestClassic
+            | Contender::ToolClassicRebuild
+            | Contender::Floor
+            | Contender::FloorManifest => Some(Contender::ToolClassic),
+            Contender::BestModern | Contender::ToolRegistryRebuild => Some(Contender::ToolRegistry),
             _ => None,
         }
     }
@@ -317,7 +346,10 @@ pub fn commands(
             }
             cmds
         }
-        Contender::ToolClassic | Contender::ToolRegistry => {
+        Contender::ToolClassic
+        | Contender::ToolRegistry
+        | Contender::ToolClassicRebuild
+        | Contender::ToolRegistryRebuild => {
             let copy = copy.expect("the tool has a copy");
             let manifest = copy.manifest.display().to_string();
             let mut args = vec!["docker", "build"];
@@ -331,6 +363,12 @@ pub fn commands(
                 "--message-format",
                 "json",
             ]);
+            if matches!(
+                contender,
+                Contender::ToolClassicRebuild | Contender::ToolRegistryRebuild
+            ) {
+                args.push("--rebuild");
+            }
             let mut cmd = Cmd::new(&programs.tool, &args);
             cmd.env
                 .push(("DOCKER".into(), programs.docker.display().to_string()));

@@ -183,6 +183,25 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
         ("tool-registry", faster_name),
         floor.clone(),
     ));
+    // The same through a build: what a run costs when the registry does not hold the very
+    // build (a new commit that only changes the image's revision label), measured with
+    // `--rebuild`.
+    goals.push(ratio_goal(
+        "warm heavy --push --rebuild: tool-classic <= 0.5x seed-script (classic)".into(),
+        m(h, w, Contender::ToolClassicRebuild),
+        m(h, w, Contender::SeedClassic),
+        0.5,
+        ("tool-classic --rebuild", "seed-script (classic)"),
+        String::new(),
+    ));
+    goals.push(ratio_goal(
+        "warm heavy --push --rebuild: tool-registry <= 0.35x the faster seed-script".into(),
+        m(h, w, Contender::ToolRegistryRebuild),
+        faster,
+        0.35,
+        ("tool-registry --rebuild", faster_name),
+        String::new(),
+    ));
     goals.push(ratio_goal(
         "warm heavy --push: tool-classic within 1.5x best-buildkit (classic)".into(),
         m(h, w, Contender::ToolClassic),
@@ -527,11 +546,13 @@ fn markdown(results: &Results) -> String {
 }
 
 /// Fixed colours, one per contender, in [`contender::ALL`] order.
-const COLOURS: [RGBColor; 9] = [
+const COLOURS: [RGBColor; 11] = [
     RGBColor(148, 103, 189),
     RGBColor(197, 176, 213),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
+    RGBColor(174, 199, 232),
+    RGBColor(152, 223, 138),
     RGBColor(255, 127, 14),
     RGBColor(255, 187, 120),
     RGBColor(214, 39, 40),

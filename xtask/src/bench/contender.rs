@@ -38,10 +38,12 @@ pub enum Contender {
     FloorManifest,
     /// One `docker buildx build --push` of the final target, no cache: the cold lower bound.
     SingleBuildkit,
+    /// The same on the modern engine, against which the tool with a registry cache is measured.
+    SingleModern,
 }
 
 /// Every contender, in report order.
-pub const ALL: [Contender; 11] = [
+pub const ALL: [Contender; 12] = [
     Contender::SeedClassic,
     Contender::SeedModern,
     Contender::ToolClassic,
@@ -51,6 +53,7 @@ pub const ALL: [Contender; 11] = [
     Contender::BestClassic,
     Contender::BestModern,
     Contender::SingleBuildkit,
+    Contender::SingleModern,
     Contender::Floor,
     Contender::FloorManifest,
 ];
@@ -78,7 +81,8 @@ pub enum ContenderArg {
     BestModern,
     /// `docker pull` of the final image, and `docker manifest inspect` of its tag.
     Floor,
-    /// One BuildKit build of the final target without caches (cold, five-stage only).
+    /// One BuildKit build of the final target without caches, on both engines (cold,
+    /// five-stage only).
     SingleBuildkit,
     /// The tool's own overhead: `--dry-run` against `cargo metadata`.
     Overhead,
@@ -101,7 +105,7 @@ impl ContenderArg {
             ContenderArg::BestClassic => &[Contender::BestClassic],
             ContenderArg::BestModern => &[Contender::BestModern],
             ContenderArg::Floor => &[Contender::Floor, Contender::FloorManifest],
-            ContenderArg::SingleBuildkit => &[Contender::SingleBuildkit],
+            ContenderArg::SingleBuildkit => &[Contender::SingleBuildkit, Contender::SingleModern],
             ContenderArg::Overhead => &[],
         }
     }
@@ -122,6 +126,7 @@ impl Contender {
             Contender::Floor => "floor",
             Contender::FloorManifest => "floor-manifest",
             Contender::SingleBuildkit => "single-buildkit",
+            Contender::SingleModern => "single-modern",
         }
     }
 
@@ -139,6 +144,7 @@ impl Contender {
             Contender::Floor => "floor: docker pull (classic)",
             Contender::FloorManifest => "floor: manifest inspect",
             Contender::SingleBuildkit => "single-buildkit (classic)",
+            Contender::SingleModern => "single-buildkit (modern)",
         }
     }
 
@@ -148,7 +154,8 @@ impl Contender {
             Contender::SeedModern
             | Contender::ToolRegistry
             | Contender::ToolRegistryRebuild
-            | Contender::BestModern => Some(Flavor::Modern),
+            | Contender::BestModern
+            | Contender::SingleModern => Some(Flavor::Modern),
             Contender::FloorManifest => None,
             _ => Some(Flavor::Classic),
         }
@@ -157,7 +164,8 @@ impl Contender {
     /// Whether it is measured on `fixture` at all: the cold lower bound only where its goal is
     /// (five-stage), which keeps a full run within about 20 minutes.
     pub fn measures(self, fixture: FixtureName) -> bool {
-        self != Contender::SingleBuildkit || fixture == FixtureName::FiveStage
+        !matches!(self, Contender::SingleBuildkit | Contender::SingleModern)
+            || fixture == FixtureName::FiveStage
     }
 
     /// The scenarios it is measured in.
@@ -173,7 +181,7 @@ impl Contender {
             | Contender::ToolRegistryRebuild
             | Contender::Floor
             | Contender::FloorManifest => &[Scenario::Warm],
-            Contender::SingleBuildkit => &[Scenario::Cold],
+            Contender::SingleBuildkit | Contender::SingleModern => &[Scenario::Cold],
         }
     }
 
@@ -421,24 +429,26 @@ pub fn commands(
                 ],
             )]
         }
-        Contender::SingleBuildkit => {
+        Contender::SingleBuildkit | Contender::SingleModern => {
             let context = context();
-            vec![Cmd::new(
-                docker,
-                &[
-                    "buildx",
-                    "build",
-                    "--progress=plain",
-                    "--network",
-                    "none",
-                    "--target",
-                    fixture.target,
-                    "--tag",
-                    &own,
-                    "--push",
-                    &context,
-                ],
-            )]
+            let mut args = vec![
+                "buildx",
+                "build",
+                "--progress=plain",
+                "--network",
+                "none",
+                "--target",
+                fixture.target,
+                "--tag",
+                &own,
+                "--push",
+            ];
+            // No attestation manifest, as for the tool with a registry cache.
+            if contender == Contender::SingleModern {
+                args.push("--provenance=false");
+            }
+            args.push(&context);
+            vec![Cmd::new(docker, &args)]
         }
         Contender::Floor => vec![Cmd::new(docker, &["pull", &tool_image("latest")])],
         Contender::FloorManifest => vec![Cmd::new(

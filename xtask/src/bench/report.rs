@@ -320,6 +320,22 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
         String::new(),
     ));
     goals.push(ratio_goal(
+        "cold five-stage: tool-registry within 1.1x single-buildkit (modern)".into(),
+        m(
+            FixtureName::FiveStage,
+            Scenario::Cold,
+            Contender::ToolRegistry,
+        ),
+        m(
+            FixtureName::FiveStage,
+            Scenario::Cold,
+            Contender::SingleModern,
+        ),
+        1.1,
+        ("tool-registry", "single-buildkit (modern)"),
+        String::new(),
+    ));
+    goals.push(ratio_goal(
         format!(
             "overhead: --dry-run of {} packages <= 1.2x cargo metadata",
             super::overhead::PACKAGES
@@ -546,7 +562,7 @@ fn markdown(results: &Results) -> String {
 }
 
 /// Fixed colours, one per contender, in [`contender::ALL`] order.
-const COLOURS: [RGBColor; 11] = [
+const COLOURS: [RGBColor; 12] = [
     RGBColor(148, 103, 189),
     RGBColor(197, 176, 213),
     RGBColor(31, 119, 180),
@@ -556,6 +572,7 @@ const COLOURS: [RGBColor; 11] = [
     RGBColor(255, 127, 14),
     RGBColor(255, 187, 120),
     RGBColor(214, 39, 40),
+    RGBColor(255, 152, 150),
     RGBColor(127, 127, 127),
     RGBColor(199, 199, 199),
 ];

@@ -37,6 +37,18 @@ pub struct Stage {
     pub images: Vec<String>,
     /// `ADD` sources that BuildKit fetches from the network (URLs, git repositories).
     pub remote: Vec<String>,
+    /// The commands of its `RUN` instructions, whitespace collapsed: BuildKit's error for a
+    /// failed step quotes the command, which names the stage where the progress does not.
+    pub runs: Vec<String>,
+}
+
+/// `text` with line continuations removed and each run of whitespace made one space, as
+/// commands are compared.
+pub fn collapse_whitespace(text: &str) -> String {
+    text.replace("\\\n", " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The parsed stage graph of a Dockerfile.
@@ -441,10 +453,10 @@ fn build(
     let count = partials.len();
     // dep -> line of the first instruction needing it, per stage, to point cycle errors at.
     let mut edges: Vec<BTreeMap<usize, usize>> = Vec::with_capacity(count);
-    let mut outside: Vec<(Vec<String>, Vec<String>)> = Vec::with_capacity(count);
+    let mut outside: Vec<(Vec<String>, Vec<String>, Vec<String>)> = Vec::with_capacity(count);
     for (stage, partial) in dockerfile.stages().zip(&partials) {
         let mut deps = BTreeMap::new();
-        let (mut images, mut remote) = (Vec::new(), Vec::new());
+        let (mut images, mut remote, mut runs) = (Vec::new(), Vec::new(), Vec::new());
         if let Some(base) = partial.base_stage {
             deps.insert(base, partial.line);
         } else if partial.base != "scratch" {
@@ -484,6 +496,17 @@ fn build(
                     }
                 }
                 Instruction::Run(run) => {
+                    runs.push(collapse_whitespace(&match &run.arguments {
+                        parse_dockerfile::Command::Shell(text) => text.value.to_string(),
+                        parse_dockerfile::Command::Exec(args) => args
+                            .value
+                            .iter()
+                            .map(|a| a.value.as_ref())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        // The enum is non-exhaustive; a form it adds names no command here.
+                        _ => String::new(),
+                    }));
                     let line = lines.line(run.run.span.start);
                     for flag in run.options.iter().filter(|f| f.name.value == "mount") {
                         let Some(value) = &flag.value else {
@@ -506,7 +529,7 @@ fn build(
             }
         }
         edges.push(deps);
-        outside.push((images, remote));
+        outside.push((images, remote, runs));
     }
 
     let graph = StageGraph {
@@ -514,7 +537,7 @@ fn build(
             .into_iter()
             .zip(edges.iter().zip(outside))
             .enumerate()
-            .map(|(index, (p, (deps, (images, remote))))| Stage {
+            .map(|(index, (p, (deps, (images, remote, runs))))| Stage {
                 index,
                 name: p.name,
                 base: p.base,
@@ -524,6 +547,7 @@ fn build(
                 line: p.line,
                 images,
                 remote,
+                runs,
             })
             .collect(),
     };
@@ -1174,6 +1198,9 @@ CMD [\"service\"]
                             "rust:1.82",
                         ],
                         remote: [],
+                        runs: [
+                            "cargo build --release",
+                        ],
                     },
                     Stage {
                         index: 1,
@@ -1189,6 +1216,7 @@ CMD [\"service\"]
                             "debian:bookworm-slim",
                         ],
                         remote: [],
+                        runs: [],
                     },
                 ],
             }
@@ -1577,6 +1605,15 @@ FROM ${RUST:+alpine} AS alt
             ["https://example.com/a.tgz", "git@github.com:acme/x.git"]
         );
         assert!(graph.stages[1].images.is_empty() && graph.stages[2].images.is_empty());
+        assert_eq!(graph.stages[0].runs, ["true"]);
+        let graph = StageGraph::parse(
+            "FROM scratch AS a\nRUN [\"/bin/busybox\", \"--install\", \"-s\"]\nRUN make \\\n  &&  test\n",
+        )
+        .unwrap();
+        assert_eq!(
+            graph.stages[0].runs,
+            ["/bin/busybox --install -s", "make && test"]
+        );
     }
 
     #[test]
@@ -1694,6 +1731,7 @@ FROM ${RUST:+alpine} AS alt
             line: 1,
             images: vec![],
             remote: vec![],
+            runs: vec![],
         };
         let g = StageGraph {
             stages: vec![stage(0, vec![1, 7]), stage(1, vec![0]), stage(2, vec![])],

@@ -587,10 +587,19 @@ fn run_step(
                 let mut progress = BuildProgress::default();
                 out.text.lines().for_each(|l| progress.feed(l));
                 if let Err(message) = out.result {
+                    let mut errors = progress.errors();
+                    // A step this build shares with another build that ran it shows here only as
+                    // BuildKit's error, which quotes the command.
                     let stage = progress
                         .failed_stage()
+                        .or_else(|| {
+                            out.text
+                                .lines()
+                                .filter(|l| l.contains("ERROR"))
+                                .find_map(|l| build.stage_of_failed_command(l))
+                                .map(str::to_string)
+                        })
                         .unwrap_or_else(|| build.stage.clone());
-                    let mut errors = progress.errors();
                     // A failed cache export is a registry problem: say which, and the way out.
                     if let Some(cache) = &build.exports {
                         let problem = RegistryProblem::classify(&errors.join("\n"));

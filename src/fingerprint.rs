@@ -9,6 +9,7 @@
 //! are hashed with their paths, types, permissions and contents; when in doubt a file is hashed
 //! (a needless rebuild), never left out (a stale image).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,8 +29,13 @@ const MAX_BYTES: u64 = 4 << 30;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unknowable(pub String);
 
+/// Context trees already hashed in this run, by context folder and ignore file text: the
+/// packages of a workspace often share the workspace root as their context.
+#[derive(Debug, Default)]
+pub struct Contexts(BTreeMap<(PathBuf, Vec<u8>), Result<Vec<u8>, Unknowable>>);
+
 /// The sha256, in hex, of what `package`'s build reads from this checkout, or why there is none.
-pub fn sources(package: &Package) -> Result<String, Unknowable> {
+pub fn sources(package: &Package, contexts: &mut Contexts) -> Result<String, Unknowable> {
     let config = &package.config;
     for stage in &package.graph.stages {
         let label = package.graph.label(stage.index);
@@ -59,13 +65,30 @@ pub fn sources(package: &Package) -> Result<String, Unknowable> {
     };
     field(&read(&config.dockerfile)?);
     let ignore_file = ignore_file(&config.dockerfile, &config.context);
-    let ignore = match &ignore_file {
-        Some(path) => {
-            let text = read(path)?;
-            field(&text);
-            Ignore::parse(&String::from_utf8_lossy(&text))
-                .map_err(|e| Unknowable(format!("`{}`: {e}", path.display())))?
+    let ignore_text = match &ignore_file {
+        Some(path) => read(path)?,
+        None => Vec::new(),
+    };
+    field(&ignore_text);
+    let key = (config.context.clone(), ignore_text);
+    let tree = match contexts.0.get(&key) {
+        Some(tree) => tree.clone(),
+        None => {
+            let tree = tree(&config.context, ignore_file.as_deref(), &key.1);
+            contexts.0.insert(key, tree.clone());
+            tree
         }
+    }?;
+    field(&tree);
+    Ok(hex(&hash.finalize()))
+}
+
+/// The sha256 of the context tree that the ignore file (`path`, whose text is `text`) lets
+/// through.
+fn tree(context: &Path, path: Option<&Path>, text: &[u8]) -> Result<Vec<u8>, Unknowable> {
+    let ignore = match path {
+        Some(path) => Ignore::parse(&String::from_utf8_lossy(text))
+            .map_err(|e| Unknowable(format!("`{}`: {e}", path.display())))?,
         None => Ignore::default(),
     };
     let mut walk = Walk {
@@ -73,10 +96,10 @@ pub fn sources(package: &Package) -> Result<String, Unknowable> {
         entries: 0,
         bytes: 0,
         hash: Sha256::new(),
+        buffer: vec![0; 1 << 16],
     };
-    walk.dir(&config.context, "")?;
-    field(&walk.hash.finalize());
-    Ok(hex(&hash.finalize()))
+    walk.dir(context, "")?;
+    Ok(walk.hash.finalize().to_vec())
 }
 
 /// The ignore file BuildKit reads: `<Dockerfile>.dockerignore` beside the Dockerfile, else the
@@ -97,6 +120,8 @@ struct Walk<'a> {
     entries: usize,
     bytes: u64,
     hash: Sha256,
+    /// One read buffer for every file of the walk.
+    buffer: Vec<u8>,
 }
 
 impl Walk<'_> {
@@ -152,18 +177,17 @@ impl Walk<'_> {
                 self.record(b"link", &relative, target.as_os_str().as_encoded_bytes());
             } else if meta.is_file() {
                 let mut content = Sha256::new();
-                let mut file = fs::File::open(&path)
-                    .map_err(|e| Unknowable(format!("cannot read `{}`: {e}", path.display())))?;
-                let mut buffer = vec![0u8; 1 << 16];
+                let cannot = |e: std::io::Error| {
+                    Unknowable(format!("cannot read `{}`: {e}", path.display()))
+                };
+                let mut file = fs::File::open(&path).map_err(cannot)?;
                 loop {
-                    let n = file.read(&mut buffer).map_err(|e| {
-                        Unknowable(format!("cannot read `{}`: {e}", path.display()))
-                    })?;
+                    let n = file.read(&mut self.buffer).map_err(cannot)?;
                     if n == 0 {
                         break;
                     }
                     self.bytes += n as u64;
-                    content.update(&buffer[..n]);
+                    content.update(&self.buffer[..n]);
                 }
                 let mut extra = mode.to_vec();
                 extra.extend_from_slice(&content.finalize());
@@ -393,48 +417,61 @@ mod tests {
         fs::write(dir.join("src/main.rs"), "fn main() {}").unwrap();
         fs::write(dir.join(".dockerignore"), "target\n").unwrap();
         let p = package(&dir, "FROM scratch\nCOPY src /src\n");
-        let first = sources(&p).unwrap();
+        let first = sources(&p, &mut Contexts::default()).unwrap();
         assert_eq!(first.len(), 64);
-        assert_eq!(sources(&p).unwrap(), first, "stable");
+        assert_eq!(
+            sources(&p, &mut Contexts::default()).unwrap(),
+            first,
+            "stable"
+        );
 
         // Ignored files do not count; sent ones, their modes and the ignore file do.
         fs::write(dir.join("target/debug/app"), "binary").unwrap();
-        assert_eq!(sources(&p).unwrap(), first);
+        assert_eq!(sources(&p, &mut Contexts::default()).unwrap(), first);
         fs::write(dir.join("src/main.rs"), "fn main() { }").unwrap();
-        let edited = sources(&p).unwrap();
+        let edited = sources(&p, &mut Contexts::default()).unwrap();
         assert_ne!(edited, first);
         {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(dir.join("src/main.rs"), fs::Permissions::from_mode(0o755))
                 .unwrap();
         }
-        let chmod = sources(&p).unwrap();
+        let chmod = sources(&p, &mut Contexts::default()).unwrap();
         assert_ne!(chmod, edited);
         fs::write(dir.join("src/new.rs"), "").unwrap();
-        let added = sources(&p).unwrap();
+        let added = sources(&p, &mut Contexts::default()).unwrap();
         assert_ne!(added, chmod);
         fs::write(dir.join(".dockerignore"), "target\n*.tmp\n").unwrap();
-        let ignore_edited = sources(&p).unwrap();
+        let ignore_edited = sources(&p, &mut Contexts::default()).unwrap();
         assert_ne!(ignore_edited, added);
 
         // So does the Dockerfile (which `package` rewrites).
         let q = package(&dir, "FROM scratch\nCOPY src /srv\n");
-        assert_ne!(sources(&q).unwrap(), ignore_edited);
+        assert_ne!(
+            sources(&q, &mut Contexts::default()).unwrap(),
+            ignore_edited
+        );
 
         // What cannot be known from here gives no fingerprint, naming the culprit.
         let tag = package(&dir, "FROM rust:1.82 AS build\nFROM scratch\n");
-        let why = sources(&tag).unwrap_err().0;
+        let why = sources(&tag, &mut Contexts::default()).unwrap_err().0;
         assert!(
             why.contains("`rust:1.82`") && why.contains("`build`"),
             "{why}"
         );
         let pinned = package(&dir, "FROM rust@sha256:00ff AS build\nFROM scratch\n");
-        assert!(sources(&pinned).is_ok());
+        assert!(sources(&pinned, &mut Contexts::default()).is_ok());
         let url = package(&dir, "FROM scratch\nADD https://example.com/x /x\n");
-        assert!(sources(&url)
+        assert!(sources(&url, &mut Contexts::default())
             .unwrap_err()
             .0
             .contains("https://example.com/x"));
+        // A context hashed once serves every package that shares it, until the run ends.
+        let mut shared = Contexts::default();
+        let before = sources(&p, &mut shared).unwrap();
+        fs::write(dir.join("src/main.rs"), "fn main() { 2 }").unwrap();
+        assert_eq!(sources(&p, &mut shared).unwrap(), before);
+        assert_ne!(sources(&p, &mut Contexts::default()).unwrap(), before);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

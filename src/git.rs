@@ -1,8 +1,7 @@
 //! What git and the CI say of the checkout: the commit and the branch.
 
 use std::path::Path;
-
-use xshell::{cmd, Shell};
+use std::process::{Child, Command, Stdio};
 
 /// CI variables that name the branch being built, in the order they are asked. GitHub's
 /// `GITHUB_HEAD_REF` is set only on pull requests, where `GITHUB_REF_NAME` is `123/merge`.
@@ -36,14 +35,47 @@ pub struct Head {
 /// The checkout of `dir`, from a single `git log` (the overhead of a dry run matters);
 /// `None` outside a git checkout or without git.
 pub fn head(dir: &Path) -> Option<Head> {
-    let sh = Shell::new().ok()?;
-    sh.change_dir(dir);
-    let out = cmd!(sh, "git log -1 --format=%H%x00%cI%x00%D HEAD")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .ok()?;
-    parse_head(&out)
+    spawn_head(dir).wait()
+}
+
+/// A `git log` started by [`spawn_head`] that runs while the caller does other work.
+pub struct PendingHead(Option<Child>);
+
+/// Starts the `git log` of [`head`] without waiting for it: the caller overlaps it with
+/// `cargo metadata`, which takes ten times as long, without a thread of its own (its output is
+/// one short line, so it never fills the pipe while nobody reads).
+pub fn spawn_head(dir: &Path) -> PendingHead {
+    PendingHead(
+        Command::new("git")
+            .args(["log", "-1", "--format=%H%x00%cI%x00%D", "HEAD"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok(),
+    )
+}
+
+impl PendingHead {
+    /// Waits for `git log`; `None` outside a git checkout or without git.
+    pub fn wait(mut self) -> Option<Head> {
+        let out = self.0.take()?.wait_with_output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        parse_head(std::str::from_utf8(&out.stdout).ok()?)
+    }
+}
+
+impl Drop for PendingHead {
+    /// Reaps a `git log` nobody waited for (an early error), leaving no zombie behind in a
+    /// long-lived xtask.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Reads `SHA\0TIME\0DECORATIONS`; the branch is the `HEAD -> NAME` decoration.

@@ -470,6 +470,7 @@ COPY --from=compile-b /b /b
             line: 1,
             images: vec![],
             remote: vec![],
+            runs: vec![],
         };
         // A cycle, a dependency past the end, a target past the end, no stages at all.
         package.graph = StageGraph {

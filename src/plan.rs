@@ -157,6 +157,35 @@ pub struct Build {
     pub export_best_effort: bool,
     /// The build pushes its own tags (buildx `--push`).
     pub pushes: bool,
+    /// `(stage, command)` of every `RUN` in `chain`, whitespace collapsed: when another build
+    /// ran a shared step that failed, this build's progress shows only BuildKit's error, which
+    /// quotes the command.
+    pub runs: Vec<(String, String)>,
+}
+
+impl Build {
+    /// The stage whose `RUN` failed with `error` (BuildKit's message, which quotes the
+    /// command), if one matches; the longest command wins.
+    pub fn stage_of_failed_command(&self, error: &str) -> Option<&str> {
+        let error = crate::dockerfile::collapse_whitespace(error);
+        self.runs
+            .iter()
+            .filter(|(_, command)| !command.is_empty() && error.contains(command.as_str()))
+            .max_by_key(|(_, command)| command.len())
+            .map(|(stage, _)| stage.as_str())
+    }
+}
+
+/// `(stage, command)` of every `RUN` of the stages `chain` names.
+fn runs(package: &Package, chain: &[String]) -> Vec<(String, String)> {
+    package
+        .graph
+        .stages
+        .iter()
+        .map(|s| (package.graph.label(s.index), s))
+        .filter(|(label, _)| chain.contains(label))
+        .flat_map(|(label, s)| s.runs.iter().map(move |r| (label.clone(), r.clone())))
+        .collect()
 }
 
 /// One command.
@@ -275,10 +304,14 @@ fn marker(input: &Input, options: &Options, steps: &Plan) -> Option<String> {
             .iter()
             .chain(step.env.iter().flat_map(|(k, v)| [k, v]))
         {
-            let word = paths
-                .iter()
-                .fold(word.clone(), |w, (from, to)| w.replace(from.as_str(), to));
-            field(word.as_bytes());
+            if paths.iter().any(|(from, _)| word.contains(from.as_str())) {
+                let word = paths
+                    .iter()
+                    .fold(word.clone(), |w, (from, to)| w.replace(from.as_str(), to));
+                field(word.as_bytes());
+            } else {
+                field(word.as_bytes());
+            }
         }
     }
     let digest = crate::fingerprint::hex(&hash.finalize());
@@ -479,6 +512,7 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
             reads,
             own: own.read.clone(),
             finals: finals_here.clone(),
+            runs: runs(package, &chain(stage)),
             chain: chain(stage),
             skip_if_current: !is_final
                 && !buildx
@@ -597,6 +631,10 @@ fn plan_registry(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::R
         args.push("--load".into());
     }
     args.extend(common.tail.iter().cloned());
+    let chain: Vec<String> = std::iter::once(package.target)
+        .chain(package.graph.ancestors(package.target))
+        .map(|s| package.graph.label(s))
+        .collect();
     let build = Build {
         stage: package.graph.label(package.target),
         is_final: true,
@@ -604,10 +642,8 @@ fn plan_registry(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::R
         reads: refs.read.clone(),
         own: refs.read.clone(),
         finals,
-        chain: std::iter::once(package.target)
-            .chain(package.graph.ancestors(package.target))
-            .map(|s| package.graph.label(s))
-            .collect(),
+        runs: runs(package, &chain),
+        chain,
         skip_if_current: false,
         exports,
         export_best_effort: best_effort,
@@ -1156,6 +1192,29 @@ COPY --from=compile /out /out
                 .contains(":inputs-"),
             "{shell}"
         );
+    }
+
+    #[test]
+    fn a_failed_command_names_its_stage() {
+        let plan = plan(
+            &[input(
+                config(&[("compile", "compile")], &["latest"]),
+                SERVICE,
+            )],
+            &options(Push::Nothing, PullCache::Auto),
+        )
+        .unwrap();
+        let Action::Build(runtime) = &plan.steps[0].action else {
+            panic!("the final build first")
+        };
+        // BuildKit v0.8's and v0.13's words for a failed `RUN make` of `compile`.
+        for error in [
+            "ERROR: failed to solve: executor failed running [/bin/sh -c make]: exit code: 2",
+            "ERROR: failed to solve: process \"/bin/sh -c make\" did not complete successfully: exit code: 2",
+        ] {
+            assert_eq!(runtime.stage_of_failed_command(error), Some("compile"));
+        }
+        assert_eq!(runtime.stage_of_failed_command("ERROR: no such file"), None);
     }
 
     #[test]

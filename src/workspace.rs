@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::{Child, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -57,12 +58,52 @@ pub fn load(select: &SelectArgs) -> anyhow::Result<Vec<Package>> {
 
 /// [`load`], keeping what the labels are made from.
 pub fn load_with_metadata(select: &SelectArgs) -> anyhow::Result<Vec<Loaded>> {
+    load_from(select, start_metadata(select)?)
+}
+
+/// Starts `cargo metadata --no-deps`, the command `MetadataCommand::exec` runs, without waiting
+/// for it: it is most of a dry run's time, so the caller starts it first and does what does not
+/// need it (starting `git log`) while it runs.
+fn start_metadata(select: &SelectArgs) -> anyhow::Result<Child> {
     let mut command = cargo_metadata::MetadataCommand::new();
     command.no_deps();
     if let Some(path) = &select.manifest_path {
         command.manifest_path(path);
     }
-    let metadata = command.exec().context("`cargo metadata` failed")?;
+    command
+        .cargo_command()
+        // As `Command::output`, which `exec` uses, sets them up.
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cargo_metadata::Error::Io)
+        .context("`cargo metadata` failed")
+}
+
+/// Waits for [`start_metadata`]'s command and reads its output as `MetadataCommand::exec` does,
+/// with the same errors.
+fn finish_metadata(child: Child) -> anyhow::Result<cargo_metadata::Metadata> {
+    use cargo_metadata::Error;
+    let read = || -> cargo_metadata::Result<cargo_metadata::Metadata> {
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            return Err(Error::CargoMetadata {
+                stderr: String::from_utf8(output.stderr)?,
+            });
+        }
+        let json = std::str::from_utf8(&output.stdout)?
+            .lines()
+            .find(|line| line.starts_with('{'))
+            .ok_or(Error::NoJson)?;
+        cargo_metadata::MetadataCommand::parse(json)
+    };
+    read().context("`cargo metadata` failed")
+}
+
+/// [`load_with_metadata`] once `cargo metadata` has been started.
+fn load_from(select: &SelectArgs, cargo: Child) -> anyhow::Result<Vec<Loaded>> {
+    let metadata = finish_metadata(cargo)?;
     let defaults = match metadata.workspace_metadata.get("docker") {
         Some(table) => RawConfig::from_json(table)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -145,16 +186,20 @@ pub fn load_with_metadata(select: &SelectArgs) -> anyhow::Result<Vec<Loaded>> {
     Ok(loaded)
 }
 
-/// The values a package's tags are filled with: the branch from `--branch`, else the CI's
-/// variables, else git.
-fn vars(package: &Package, branch: Option<&str>, head: Option<&git::Head>) -> Vars {
+/// The branch for `{branch}`: from `--branch`, else the CI's variables, else git. The same for
+/// every package, so asked once a run rather than once a package.
+fn branch(arg: Option<&str>, head: Option<&git::Head>) -> Option<String> {
+    arg.map(str::to_string)
+        .or_else(|| git::branch_from_env(|v| std::env::var(v).ok()))
+        .or_else(|| head.and_then(|h| h.branch.clone()))
+}
+
+/// The values a package's tags are filled with.
+fn vars(package: &Package, branch: &Option<String>, head: Option<&git::Head>) -> Vars {
     Vars {
         version: package.config.version.clone(),
         git_sha: head.map(|h| h.sha.clone()),
-        branch: branch
-            .map(str::to_string)
-            .or_else(|| git::branch_from_env(|v| std::env::var(v).ok()))
-            .or_else(|| head.and_then(|h| h.branch.clone())),
+        branch: branch.clone(),
     }
 }
 
@@ -242,6 +287,8 @@ fn lint(package: &Package, reporter: &Reporter) {
 }
 
 fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    // `cargo metadata` first: a dry run's time is mostly its time, so nothing may delay it.
+    let cargo = start_metadata(&args.select).map_err(Failure::config)?;
     // One git call for the whole run (a workspace's packages share one checkout), made while
     // `cargo metadata` runs: on a dry run these two are most of the tool's own time.
     let git_dir = match args
@@ -253,9 +300,9 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let head = std::thread::spawn(move || git::head(&git_dir));
-    let loaded = load_with_metadata(&args.select).map_err(Failure::config)?;
-    let head = head.join().ok().flatten();
+    let head = git::spawn_head(&git_dir);
+    let loaded = load_from(&args.select, cargo).map_err(Failure::config)?;
+    let head = head.wait();
     let push = if args.push {
         Push::All
     } else if args.push_cache_only {
@@ -285,21 +332,15 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
     }
     // What each build reads from the checkout, where a build that the registry already holds
-    // may be skipped: hashed for all packages at once.
-    let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = loaded
-                .iter()
-                .map(|l| {
-                    let wanted = push == Push::All && !args.load && !args.no_cache;
-                    scope.spawn(move || wanted.then(|| crate::fingerprint::sources(&l.package)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(None))
-                .collect()
-        });
+    // may be skipped. On this thread: for the small contexts of a dry run, threads cost more
+    // than they save; packages that share a context hash it once.
+    let wanted = push == Push::All && !args.load && !args.no_cache;
+    let mut contexts = crate::fingerprint::Contexts::default();
+    let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> = loaded
+        .iter()
+        .map(|l| wanted.then(|| crate::fingerprint::sources(&l.package, &mut contexts)))
+        .collect();
+    let branch = branch(args.branch.as_deref(), head.as_ref());
     let mut inputs = Vec::new();
     for (
         Loaded {
@@ -321,7 +362,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
             None => None,
         };
         lint(&package, reporter);
-        let vars = vars(&package, args.branch.as_deref(), head.as_ref());
+        let vars = vars(&package, &branch, head.as_ref());
         source.revision = head.as_ref().map(|h| h.sha.clone());
         source.created = head.as_ref().map(|h| h.time.clone());
         let labels = crate::labels::oci_labels(&source, &package.config.labels);
@@ -333,7 +374,11 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         });
     }
     let plan = plan::plan(&inputs, &options).map_err(Failure::config)?;
-    reporter.event(report::plan_event(&plan));
+    // Only JSON output reads the event, and building it costs as much as planning (a JSON
+    // value of every step's argv, made and dropped on every dry run otherwise).
+    if args.message_format == MessageFormat::Json {
+        reporter.event(report::plan_event(&plan));
+    }
     if args.dry_run {
         reporter.stdout(&plan.to_shell());
         return Ok(());

@@ -168,10 +168,19 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
     let mut current_packages: BTreeMap<&str, String> = BTreeMap::new();
     let mut stop = false;
     let labels: Vec<String> = plan.steps.iter().map(|s| label(plan, s)).collect();
+    // When `--jobs` leaves a choice, the steps every package's result waits for come first:
+    // registry checks, then final builds, then the rest, each in plan order. (A stage build
+    // that starts early must not keep another package's final build waiting.)
+    let mut priority: Vec<usize> = (0..plan.steps.len()).collect();
+    priority.sort_by_key(|&i| match &plan.steps[i].action {
+        Action::Check { .. } => 0,
+        Action::Build(b) if b.is_final => 1,
+        _ => 2,
+    });
 
     loop {
         if !stop {
-            for step in &plan.steps {
+            for step in priority.iter().map(|&i| &plan.steps[i]) {
                 if in_flight >= options.jobs.max(1) {
                     break;
                 }

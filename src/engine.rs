@@ -205,56 +205,62 @@ impl Engine {
 
     /// Whether the registry holds `image`; the error is the CLI's message.
     pub fn registry_has(&self, image: &str) -> Result<bool, String> {
-        self.inspect(image, false).map(|m| m.is_some())
+        inspect(&self.docker, image, false).map(|m| m.is_some())
     }
 
-    /// The digests of the image manifests `image` stands for: its own if it is one, those listed
-    /// if it is an index (attestations included). Two tags with the same set hold the same
-    /// image, whether one is a copy of the other or an index that `buildx imagetools create`
-    /// made around it. `None` if the registry holds no `image`; the error is the CLI's message.
+    /// The digests of the image manifests `image` stands for (see [`image_manifests`]).
     pub fn image_manifests(&self, image: &str) -> Result<Option<BTreeSet<String>>, String> {
-        let Some(text) = self.inspect(image, true)? else {
-            return Ok(None);
-        };
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("`docker manifest inspect -v {image}` printed no JSON: {e}"))?;
-        let entries = match value {
-            serde_json::Value::Array(entries) => entries,
-            entry => vec![entry],
-        };
-        let digests: BTreeSet<String> = entries
-            .iter()
-            .filter_map(|e| e["Descriptor"]["digest"].as_str().map(str::to_string))
-            .collect();
-        if digests.is_empty() {
-            return Err(format!(
-                "`docker manifest inspect -v {image}` named no digest"
-            ));
-        }
-        Ok(Some(digests))
+        image_manifests(&self.docker, image)
     }
+}
 
-    /// What `docker manifest inspect [-v]` prints for `image`, or `None` if the registry holds
-    /// none; the error is the CLI's message.
-    fn inspect(&self, image: &str, verbose: bool) -> Result<Option<String>, String> {
-        let mut args = vec!["manifest", "inspect"];
-        if verbose {
-            args.push("-v");
-        }
-        // The CLI, unlike the daemon, speaks HTTPS even to a registry on loopback.
-        if is_loopback_registry(image) {
-            args.push("--insecure");
-        }
-        args.push(image);
-        let out = probe(&self.docker, &args).map_err(|e| e.to_string())?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        match crate::diagnose::RegistryProblem::classify(&message) {
-            crate::diagnose::RegistryProblem::NotFound => Ok(None),
-            _ => Err(message),
-        }
+/// The digests of the image manifests `image` stands for: its own if it is one, those listed if
+/// it is an index (attestations included). Two tags with the same set hold the same image,
+/// whether one is a copy of the other or an index that `buildx imagetools create` made around
+/// it. `None` if the registry holds no `image`; the error is the CLI's message. It needs the
+/// registry and the CLI only, not the daemon, so it may be asked before the preflight.
+pub fn image_manifests(docker: &str, image: &str) -> Result<Option<BTreeSet<String>>, String> {
+    let Some(text) = inspect(docker, image, true)? else {
+        return Ok(None);
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("`docker manifest inspect -v {image}` printed no JSON: {e}"))?;
+    let entries = match value {
+        serde_json::Value::Array(entries) => entries,
+        entry => vec![entry],
+    };
+    let digests: BTreeSet<String> = entries
+        .iter()
+        .filter_map(|e| e["Descriptor"]["digest"].as_str().map(str::to_string))
+        .collect();
+    if digests.is_empty() {
+        return Err(format!(
+            "`docker manifest inspect -v {image}` named no digest"
+        ));
+    }
+    Ok(Some(digests))
+}
+
+/// What `docker manifest inspect [-v]` prints for `image`, or `None` if the registry holds none;
+/// the error is the CLI's message.
+fn inspect(docker: &str, image: &str, verbose: bool) -> Result<Option<String>, String> {
+    let mut args = vec!["manifest", "inspect"];
+    if verbose {
+        args.push("-v");
+    }
+    // The CLI, unlike the daemon, speaks HTTPS even to a registry on loopback.
+    if is_loopback_registry(image) {
+        args.push("--insecure");
+    }
+    args.push(image);
+    let out = probe(docker, &args).map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    match crate::diagnose::RegistryProblem::classify(&message) {
+        crate::diagnose::RegistryProblem::NotFound => Ok(None),
+        _ => Err(message),
     }
 }
 

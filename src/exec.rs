@@ -86,6 +86,41 @@ pub struct ExecOptions {
     pub jobs: usize,
 }
 
+/// The registry checks' questions, asked before the run while the preflight probes the engine
+/// (both are round trips of a few CLI processes, and neither needs the other's answer).
+#[derive(Default)]
+pub struct Prefetch(BTreeMap<String, std::thread::JoinHandle<Answer>>);
+
+/// What the registry said of an image: the image manifests it stands for, if it holds it.
+type Answer = Result<Option<BTreeSet<String>>, String>;
+
+/// Starts asking the registry every image the plan's checks ask about. A run that ends before
+/// its checks (a failed preflight) leaves the questions to end on their own.
+pub fn prefetch(plan: &Plan, docker: &str) -> Prefetch {
+    let mut asked = BTreeMap::new();
+    for step in &plan.steps {
+        if let Action::Check {
+            marker,
+            finals,
+            caches,
+            export,
+        } = &step.action
+        {
+            for image in std::iter::once(marker)
+                .chain(finals)
+                .chain(caches)
+                .chain(export)
+            {
+                let (docker, question) = (docker.to_string(), image.clone());
+                asked.entry(image.clone()).or_insert_with(|| {
+                    std::thread::spawn(move || crate::engine::image_manifests(&docker, &question))
+                });
+            }
+        }
+    }
+    Prefetch(asked)
+}
+
 /// How long a command gets to end after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -111,16 +146,23 @@ struct Context {
     /// The registry holds a build of the package's very plan under this marker tag: the step
     /// has nothing to do.
     package_current: Option<String>,
+    /// Registry answers asked before the run.
+    prefetch: Arc<Mutex<Prefetch>>,
 }
 
 /// Runs `plan`: each step once the steps it waits for are done, up to `jobs` at once. The first
-/// failure, or SIGINT or SIGTERM, ends every running command and starts no more.
-pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Reporter) -> RunResult {
+/// failure, or SIGINT or SIGTERM, ends every running command and starts no more. The checks take
+/// their answers from `prefetch` where it asked.
+pub fn run(
+    plan: &Plan,
+    engine: &Engine,
+    options: ExecOptions,
+    reporter: &Reporter,
+    prefetch: Prefetch,
+) -> RunResult {
+    let prefetch = Arc::new(Mutex::new(prefetch));
     let started = Instant::now();
     let mut result = RunResult::default();
-    // Which tags the engine held before this run: a build that ran no step on an engine that
-    // did not hold its tag got everything from the registry's caches. Asked only where a step
-    // may turn out current (not with a registry cache).
     // Which tags the engine held before this run: a build that ran no step on an engine that
     // did not hold its tag got everything from the registry's caches. Asked, while the first
     // steps run, only where a step may turn out current (not with a registry cache).
@@ -136,7 +178,6 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
         std::thread::spawn(move || engine.local_tags().unwrap_or_default())
     });
     let mut local_before: Option<BTreeSet<String>> = None;
-
     let in_registry: Arc<Mutex<BTreeMap<String, bool>>> = Arc::default();
     let (tx, rx) = mpsc::channel::<Msg>();
     let running: Running = Arc::default();
@@ -223,6 +264,7 @@ pub fn run(plan: &Plan, engine: &Engine, options: ExecOptions, reporter: &Report
                     local_before: local,
                     in_registry: in_registry.clone(),
                     package_current,
+                    prefetch: prefetch.clone(),
                 };
                 reporter.event(json!({
                     "reason": "step-started",
@@ -543,8 +585,17 @@ fn run_step(
             marker,
             finals,
             caches,
+            export,
         } => {
-            result.outcome = check(engine, marker, finals, caches, &context.in_registry);
+            result.outcome = check(
+                engine,
+                marker,
+                finals,
+                caches,
+                export.as_deref(),
+                &context.in_registry,
+                &context.prefetch,
+            );
         }
         Action::Mark { marker } => {
             let out = stream(step, tx, running, cancelled);
@@ -683,25 +734,41 @@ fn run_step(
 }
 
 /// Whether the registry holds a build of the package's plan: `marker` exists and every final tag
-/// holds the same image manifests. `Done` if so, else `Skipped` with the reason; a registry that
-/// does not answer only means building, where the build then says what is wrong. Whether the
-/// registry holds each of `caches` is asked at the same time and remembered in `in_registry`.
+/// holds the same image manifests, and `export`, if any, is there. `Done` if so, else `Skipped`
+/// with the reason; a registry that does not answer only means building, where the build then
+/// says what is wrong. Whether the registry holds each of `caches` is asked at the same time and
+/// remembered in `in_registry`.
+#[allow(clippy::too_many_arguments)]
 fn check(
     engine: &Engine,
     marker: &str,
     finals: &[String],
     caches: &[String],
+    export: Option<&str>,
     in_registry: &Mutex<BTreeMap<String, bool>>,
+    prefetch: &Mutex<Prefetch>,
 ) -> Outcome {
     let images: Vec<&str> = std::iter::once(marker)
         .chain(finals.iter().map(String::as_str))
         .chain(caches.iter().map(String::as_str))
+        .chain(export)
         .collect();
-    type Answer = Result<Option<BTreeSet<String>>, String>;
+    let asked: Vec<Option<std::thread::JoinHandle<Answer>>> = images
+        .iter()
+        .map(|image| prefetch.lock().ok().and_then(|mut p| p.0.remove(*image)))
+        .collect();
     let answers: Vec<Answer> = std::thread::scope(|scope| {
         let handles: Vec<_> = images
             .iter()
-            .map(|image| scope.spawn(move || engine.image_manifests(image)))
+            .zip(asked)
+            .map(|(image, asked)| {
+                scope.spawn(move || match asked {
+                    Some(handle) => handle
+                        .join()
+                        .unwrap_or_else(|_| Err("the question panicked".into())),
+                    None => engine.image_manifests(image),
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -712,7 +779,10 @@ fn check(
             .collect()
     });
     if let Ok(mut known) = in_registry.lock() {
-        for (image, answer) in caches.iter().zip(&answers[1 + finals.len()..]) {
+        for (image, answer) in caches
+            .iter()
+            .zip(&answers[1 + finals.len()..1 + finals.len() + caches.len()])
+        {
             if let Ok(held) = answer {
                 known.insert(image.clone(), held.is_some());
             }
@@ -732,6 +802,19 @@ fn check(
             Ok(None) => return Outcome::Skipped(format!("`{image}` is not in the registry")),
             Err(e) => {
                 return Outcome::Skipped(format!("cannot ask the registry for `{image}`: {e}"))
+            }
+        }
+    }
+    if let (Some(cache), Some(answer)) = (export, answers.last()) {
+        match answer {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Outcome::Skipped(format!(
+                    "the registry cache `{cache}` is missing (a failed export?)"
+                ))
+            }
+            Err(e) => {
+                return Outcome::Skipped(format!("cannot ask the registry for `{cache}`: {e}"))
             }
         }
     }

@@ -103,8 +103,12 @@ pub enum Action {
         /// build whose cache image the registry lacks cannot be skipped, and so starts at once
         /// instead of after the final build (on a cold registry, every one of them).
         caches: Vec<String>,
+        /// The registry cache of a build that pushes the marker with its image: it too must be in
+        /// the registry, since a failed cache export follows the push.
+        export: Option<String>,
     },
-    /// Pushes the marker tag, once every other step of the package succeeded.
+    /// Pushes the marker tag, once every other step of the package succeeded (where the final
+    /// build does not push it with the image).
     Mark {
         /// The marker tag.
         marker: String,
@@ -304,14 +308,17 @@ fn marker(input: &Input, options: &Options, steps: &Plan) -> Option<String> {
             .iter()
             .chain(step.env.iter().flat_map(|(k, v)| [k, v]))
         {
-            if paths.iter().any(|(from, _)| word.contains(from.as_str())) {
-                let word = paths
-                    .iter()
-                    .fold(word.clone(), |w, (from, to)| w.replace(from.as_str(), to));
-                field(word.as_bytes());
-            } else {
-                field(word.as_bytes());
-            }
+            // Most words hold no path: they are hashed as they are, without a copy.
+            let word: std::borrow::Cow<str> =
+                if paths.iter().any(|(from, _)| word.contains(from.as_str())) {
+                    paths
+                        .iter()
+                        .fold(word.clone(), |w, (from, to)| w.replace(from.as_str(), to))
+                        .into()
+                } else {
+                    word.into()
+                };
+            field(word.as_bytes());
         }
     }
     let digest = crate::fingerprint::hex(&hash.finalize());
@@ -700,8 +707,8 @@ impl Plan {
             self.append(steps, &[]);
             return;
         };
-        let (finals, pushes_itself) = match &steps.steps[final_build].action {
-            Action::Build(b) => (b.finals.clone(), b.pushes),
+        let (finals, pushes_itself, exports) = match &steps.steps[final_build].action {
+            Action::Build(b) => (b.finals.clone(), b.pushes, b.exports.clone()),
             _ => unreachable!("found as a build"),
         };
         let caches: Vec<String> = steps
@@ -719,6 +726,7 @@ impl Plan {
                     marker: marker.to_string(),
                     finals: finals.clone(),
                     caches,
+                    export: exports.filter(|_| pushes_itself),
                 },
                 docker,
                 vec!["manifest".into(), "inspect".into(), marker.to_string()],
@@ -726,41 +734,33 @@ impl Plan {
                 vec![],
             )
         });
-        // The marker is pushed last, so that it stands for a run in which everything succeeded:
-        // from the engine, tagged by the build, or copied in the registry where the build
-        // pushes by itself.
-        let args = if pushes_itself {
-            vec![
-                "buildx".into(),
-                "imagetools".into(),
-                "create".into(),
-                "--tag".into(),
-                marker.to_string(),
-                finals[0].clone(),
-            ]
-        } else {
-            let build = &mut steps.steps[final_build];
-            let at = build
-                .args
-                .iter()
-                .rposition(|a| a == "--tag")
-                .map_or(build.args.len(), |i| i + 2);
-            build
-                .args
-                .splice(at..at, ["--tag".to_string(), marker.to_string()]);
-            vec!["push".into(), marker.to_string()]
-        };
+        // The marker goes with the final image: the build tags it. It is pushed last, from the
+        // engine, so that it stands for a run in which everything succeeded; where the build
+        // pushes by itself it goes with that push (a copy afterwards, `buildx imagetools
+        // create`, costs a buildx start and a round trip on every build), and the check then
+        // also asks for the registry cache, which a failed export leaves missing.
+        let build = &mut steps.steps[final_build];
+        let at = build
+            .args
+            .iter()
+            .rposition(|a| a == "--tag")
+            .map_or(build.args.len(), |i| i + 2);
+        build
+            .args
+            .splice(at..at, ["--tag".to_string(), marker.to_string()]);
         let ids = self.append(steps, check.as_slice());
-        self.add(
-            name,
-            Action::Mark {
-                marker: marker.to_string(),
-            },
-            docker,
-            args,
-            vec![],
-            ids,
-        );
+        if !pushes_itself {
+            self.add(
+                name,
+                Action::Mark {
+                    marker: marker.to_string(),
+                },
+                docker,
+                vec!["push".into(), marker.to_string()],
+                vec![],
+                ids,
+            );
+        }
     }
 
     fn add(
@@ -1173,24 +1173,22 @@ COPY --from=compile /out /out
             matches!(&rebuilt.steps.last().unwrap().action, Action::Mark { marker } if *marker == first)
         );
 
-        // A build that pushes by itself is copied to the marker in the registry, afterwards.
+        // A build that pushes by itself pushes the marker with the image, and the check asks for
+        // the registry cache too.
         let mut registry = config.clone();
         registry.cache = CacheMode::Registry;
-        let shell = marked(registry, &all).to_shell();
-        let last = shell.lines().last().unwrap_or_default();
+        let plan = marked(registry, &all);
+        assert_eq!(plan.steps.len(), 2, "{}", plan.to_shell());
+        assert!(matches!(
+            &plan.steps[0].action,
+            Action::Check { export: Some(cache), .. } if cache.ends_with(":buildcache")
+        ));
+        let build = plan.steps[1].to_shell();
         assert!(
-            last.starts_with(
-                "docker buildx imagetools create --tag registry.example/acme/service:inputs-"
-            ) && last.ends_with(" registry.example/acme/service:latest"),
-            "{shell}"
-        );
-        assert!(
-            !shell
-                .lines()
-                .nth(2)
-                .unwrap_or_default()
-                .contains(":inputs-"),
-            "{shell}"
+            build.contains(
+                "--tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-"
+            ) && build.contains(" --push "),
+            "{build}"
         );
     }
 

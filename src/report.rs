@@ -220,7 +220,8 @@ fn detail(action: &Action) -> Value {
             marker,
             finals,
             caches,
-        } => json!({ "marker": marker, "finals": finals, "caches": caches }),
+            export,
+        } => json!({ "marker": marker, "finals": finals, "caches": caches, "export": export }),
         Action::Mark { marker } => json!({ "marker": marker }),
         Action::Build(b) => json!({
             "final": b.is_final,

@@ -400,6 +400,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         multi_platform: inputs.iter().any(|i| i.package.config.platforms.len() > 1),
         builder: options.builder.clone(),
     };
+    let prefetch = exec::prefetch(&plan, &options.docker);
     let engine = engine::preflight(&options.docker, &needs).map_err(Failure::engine)?;
     let run = exec::run(
         &plan,
@@ -408,6 +409,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
             jobs: usize::from(args.jobs),
         },
         reporter,
+        prefetch,
     );
     let reports = report::stage_reports(&plan, &run);
     for warning in report::silent_misses(&plan, &run) {

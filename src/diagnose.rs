@@ -15,6 +15,9 @@ pub enum RegistryProblem {
     RateLimited,
     /// HTTPS was expected and HTTP answered, or the certificate is not trusted.
     Tls,
+    /// The registry failed with a 5xx status: often passing (Debian's registry answers 500 to
+    /// two pushes of the same blob at once).
+    ServerError,
     /// Anything else.
     Other,
 }
@@ -62,6 +65,14 @@ impl RegistryProblem {
         ]) {
             RegistryProblem::Unreachable
         } else if has(&[
+            "unexpected http status: 5",
+            "500 internal server error",
+            "502 bad gateway",
+            "503 service unavailable",
+            "504 gateway timeout",
+        ]) {
+            RegistryProblem::ServerError
+        } else if has(&[
             "manifest unknown",
             "not found",
             "no such manifest",
@@ -86,6 +97,9 @@ impl RegistryProblem {
             RegistryProblem::Tls => format!(
                 "TLS with the registry of `{image}` failed\nnote: for a registry without TLS, list it in the daemon's `insecure-registries`"
             ),
+            RegistryProblem::ServerError => {
+                format!("the registry of `{image}` failed with a server error (5xx)")
+            }
             RegistryProblem::Other => format!("`{image}` could not be used"),
         }
     }
@@ -108,6 +122,8 @@ mod tests {
             ("toomanyrequests: You have reached your pull rate limit.", RateLimited),
             ("http: server gave HTTP response to HTTPS client", Tls),
             ("x509: certificate signed by unknown authority", Tls),
+            // docker push of two tags of one image at once to Debian's registry, here.
+            ("received unexpected HTTP status: 500 Internal Server Error", ServerError),
             ("something else entirely", Other),
         ];
         for (message, class) in cases {

@@ -843,7 +843,9 @@ fn push(
         let problem = RegistryProblem::classify(&result.output);
         let retry = matches!(
             problem,
-            RegistryProblem::Unreachable | RegistryProblem::RateLimited
+            RegistryProblem::Unreachable
+                | RegistryProblem::RateLimited
+                | RegistryProblem::ServerError
         );
         if retry && attempt < 3 && !cancelled.load(Ordering::SeqCst) {
             let _ = tx.send(Msg::Line(

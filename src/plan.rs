@@ -551,6 +551,10 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
         if push_finals {
             pushes.extend(finals_here.into_iter().map(|f| (f, false)));
         }
+        // The tags of one image are pushed one after the other: the first uploads the layers,
+        // the others find them there (two at once upload them twice, and Debian's registry
+        // answers one of them with a 500).
+        let mut previous = None;
         for (image, cache) in pushes {
             let action = Action::Push {
                 image: image.clone(),
@@ -566,12 +570,16 @@ fn plan_inline(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Res
             if is_final {
                 final_pushes.push(push);
             } else {
-                plan.add(name, push.0, &options.docker, push.1, vec![], push.2);
+                let mut after = push.2;
+                after.extend(previous);
+                previous = Some(plan.add(name, push.0, &options.docker, push.1, vec![], after));
             }
         }
     }
-    for (action, args, after) in final_pushes {
-        plan.add(name, action, &options.docker, args, vec![], after);
+    let mut previous = None;
+    for (action, args, mut after) in final_pushes {
+        after.extend(previous);
+        previous = Some(plan.add(name, action, &options.docker, args, vec![], after));
     }
     Ok(())
 }
@@ -1272,7 +1280,7 @@ COPY --from=compile-b /b /b
                 "5 build compile-b after [0]",
                 "6 push b after [5]",
                 "7 push runtime after [0]",
-                "8 push latest after [0]",
+                "8 push latest after [0, 7]",
             ]
         "#]]
         .assert_debug_eq(&summary);

@@ -274,8 +274,11 @@ pub fn run(
                     "stage": report::stage_of(plan, step.id),
                     "time": report::rfc3339(SystemTime::now()),
                 }));
-                announce(reporter, step);
-                reporter.started(step.id, &labels[step.id]);
+                // A step of a package the registry holds has nothing to say: the check said it.
+                if context.package_current.is_none() {
+                    announce(reporter, step);
+                    reporter.started(step.id, &labels[step.id]);
+                }
                 let (step, engine, tx, running, cancelled) = (
                     step.clone(),
                     engine.clone(),
@@ -334,8 +337,12 @@ pub fn run(
                     }
                     report_imports(reporter, progress, &mut reported_imports);
                 }
-                reporter.ended(step.id);
-                finish(reporter, plan, step, &step_result, &labels[step.id]);
+                let quiet = current_packages.contains_key(step.package.as_str())
+                    && !matches!(step.action, Action::Check { .. });
+                if !quiet {
+                    reporter.ended(step.id);
+                }
+                finish(reporter, plan, step, &step_result, &labels[step.id], quiet);
                 result.steps.push(*step_result);
                 if !ok && !stop {
                     stop = true;
@@ -413,9 +420,17 @@ fn announce(reporter: &Reporter, step: &Step) {
     }
 }
 
-/// Says what a finished step did, and sends its `step-finished` event.
-fn finish(reporter: &Reporter, plan: &Plan, step: &Step, result: &StepResult, label: &str) {
+/// Says what a finished step did (unless `quiet`), and sends its `step-finished` event.
+fn finish(
+    reporter: &Reporter,
+    plan: &Plan,
+    step: &Step,
+    result: &StepResult,
+    label: &str,
+    quiet: bool,
+) {
     match &result.outcome {
+        _ if quiet => {}
         Outcome::Done => match (&step.action, &result.progress) {
             (Action::Build(b), Some(p)) => reporter.status(
                 "Built",

@@ -311,10 +311,14 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
         };
         &mut stages[i]
     }
+    let fresh = fresh_packages(plan, run);
     for step in &plan.steps {
         let Some(result) = run.get(step.id) else {
             continue;
         };
+        if fresh.contains(&step.package) {
+            continue;
+        }
         match &step.action {
             Action::Build(build) => {
                 let Some(progress) = &result.progress else {
@@ -359,9 +363,21 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
         .map(|(mut report, steps)| {
             report.steps = steps.len();
             report.cached = steps.values().filter(|(cached, _)| *cached).count();
-            report.seconds = steps.values().map(|(_, s)| s).sum();
+            // From +0.0: an empty f64 sum is -0.0, which prints as `-0.0s`.
+            report.seconds = steps.values().fold(0.0, |sum, (_, s)| sum + s);
             report
         })
+        .collect()
+}
+
+/// The packages whose registry check found their very build in the registry: nothing of them
+/// ran, and the report leaves them out.
+pub fn fresh_packages(plan: &Plan, run: &RunResult) -> Vec<String> {
+    plan.steps
+        .iter()
+        .filter(|s| matches!(s.action, Action::Check { .. }))
+        .filter(|s| run.get(s.id).is_some_and(|r| r.outcome == Outcome::Done))
+        .map(|s| s.package.clone())
         .collect()
 }
 
@@ -417,8 +433,11 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
     out
 }
 
-/// The summary table of a run, as text.
+/// The summary table of a run, as text; empty when nothing was built.
 pub fn summary(reports: &[StageReport]) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
     let mut rows: Vec<[String; 5]> = vec![[
         "package".into(),
         "stage".into(),
@@ -454,8 +473,13 @@ pub fn summary(reports: &[StageReport]) -> String {
     out
 }
 
-/// The `build-finished` event.
-pub fn finished_event(success: bool, seconds: f64, reports: &[StageReport]) -> Value {
+/// The `build-finished` event; `fresh` are the packages found in the registry.
+pub fn finished_event(
+    success: bool,
+    seconds: f64,
+    reports: &[StageReport],
+    fresh: &[String],
+) -> Value {
     let stages: Vec<Value> = reports
         .iter()
         .map(|r| {
@@ -470,7 +494,7 @@ pub fn finished_event(success: bool, seconds: f64, reports: &[StageReport]) -> V
             })
         })
         .collect();
-    json!({ "reason": "build-finished", "success": success, "seconds": round(seconds), "stages": stages })
+    json!({ "reason": "build-finished", "success": success, "seconds": round(seconds), "stages": stages, "fresh": fresh })
 }
 
 /// Seconds to milliseconds' precision, for stable JSON.

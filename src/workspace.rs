@@ -287,6 +287,8 @@ fn lint(package: &Package, reporter: &Reporter) {
 }
 
 fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    // The whole command's time, which `Finished` reports: loading and the preflight included.
+    let started = std::time::Instant::now();
     // `cargo metadata` first: a dry run's time is mostly its time, so nothing may delay it.
     let cargo = start_metadata(&args.select).map_err(Failure::config)?;
     // One git call for the whole run (a workspace's packages share one checkout), made while
@@ -417,13 +419,22 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     }
     eprint!("{}", report::summary(&reports));
     let success = run.failure().is_none() && run.interrupted.is_none();
-    reporter.event(report::finished_event(success, run.seconds, &reports));
+    let fresh = report::fresh_packages(&plan, &run);
+    reporter.event(report::finished_event(
+        success,
+        started.elapsed().as_secs_f64(),
+        &reports,
+        &fresh,
+    ));
     if let Some(signal) = run.interrupted {
         return Err(Failure::signal(signal));
     }
     if let Some(failure) = run.failure() {
         return Err(Failure::build(anyhow::anyhow!("{failure}")));
     }
-    reporter.status("Finished", &format!("in {:.1}s", run.seconds));
+    reporter.status(
+        "Finished",
+        &format!("in {:.1}s", started.elapsed().as_secs_f64()),
+    );
     Ok(())
 }

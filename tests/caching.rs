@@ -436,6 +436,13 @@ fn a_fresh_agent_finds_the_same_build_in_the_registry_and_does_nothing() {
         "{}",
         run.stderr
     );
+    // Said once, and no push announced that does not happen.
+    assert!(!run.stderr.contains("Pushing"), "{}", run.stderr);
+    let events = support::events(&run);
+    let finished = events.last().unwrap();
+    assert_eq!(finished["reason"], "build-finished");
+    assert_eq!(finished["fresh"], serde_json::json!(["service"]));
+    assert_eq!(finished["stages"], serde_json::json!([]));
     let images = support::docker(&tools.cli20, &second, &["image", "ls", "-q"])
         .output()
         .unwrap();

@@ -271,13 +271,7 @@ fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>>
 /// Warnings about the configuration that are not errors.
 fn lint(package: &Package, reporter: &Reporter) {
     let context = &package.config.context;
-    // BuildKit reads `<Dockerfile>.dockerignore` first, else the context's `.dockerignore`.
-    let ignored = context.join(".dockerignore").is_file()
-        || PathBuf::from(format!(
-            "{}.dockerignore",
-            package.config.dockerfile.display()
-        ))
-        .is_file();
+    let ignored = crate::fingerprint::ignore_file(&package.config.dockerfile, context).is_some();
     if !ignored && context.join("target").is_dir() {
         reporter.warning(&format!(
             "the build context `{}` holds a `target/` folder and has no `.dockerignore`: docker sends all of it to the builder on every build\nnote: add a `.dockerignore` with the line `target`",

@@ -63,7 +63,7 @@ pub fn sources(package: &Package, contexts: &mut Contexts) -> Result<String, Unk
     let read = |path: &Path| {
         fs::read(path).map_err(|e| Unknowable(format!("cannot read `{}`: {e}", path.display())))
     };
-    field(&read(&config.dockerfile)?);
+    field(package.dockerfile_text.as_bytes());
     let ignore_file = ignore_file(&config.dockerfile, &config.context);
     let ignore_text = match &ignore_file {
         Some(path) => read(path)?,

@@ -19,6 +19,8 @@ pub struct Package {
     pub target: usize,
     /// Every cached stage (the final target always is) -> its cache tag.
     pub cached: BTreeMap<usize, Template>,
+    /// The Dockerfile's text, as read: what the registry check's fingerprint hashes.
+    pub dockerfile_text: String,
 }
 
 impl Package {
@@ -73,6 +75,7 @@ impl Package {
             graph,
             target,
             cached,
+            dockerfile_text: dockerfile.to_string(),
         })
     }
 

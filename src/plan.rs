@@ -277,6 +277,13 @@ pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
+/// Whether a run with `options` may find its build in the registry and skip it: it pushes the
+/// final tags, need not leave the image in the engine, and was not told to build everything.
+/// (`--rebuild` still records the build, so it is not excluded here.)
+pub fn may_skip(options: &Options) -> bool {
+    options.push == Push::All && !options.load && !options.no_cache
+}
+
 /// The marker tag of a package's steps: `<cache-image>:inputs-<sha256>` of the sources'
 /// fingerprint and of every command with the checkout's paths left out (another agent checks
 /// out elsewhere), or `None` when the run does not skip: it pushes no final tag, must leave the
@@ -284,7 +291,7 @@ pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
 fn marker(input: &Input, options: &Options, steps: &Plan) -> Option<String> {
     use sha2::{Digest, Sha256};
     let sources = input.sources.as_ref()?;
-    if options.push != Push::All || options.load || options.no_cache {
+    if !may_skip(options) {
         return None;
     }
     let config = &input.package.config;

@@ -330,7 +330,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     // What each build reads from the checkout, where a build that the registry already holds
     // may be skipped. On this thread: for the small contexts of a dry run, threads cost more
     // than they save; packages that share a context hash it once.
-    let wanted = push == Push::All && !args.load && !args.no_cache;
+    let wanted = plan::may_skip(&options);
     let mut contexts = crate::fingerprint::Contexts::default();
     let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> = loaded
         .iter()

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::diagnose::RegistryProblem;
 use crate::engine::Engine;
-use crate::plan::{Action, Plan, Step};
+use crate::plan::{Action, Check, Plan, Step};
 use crate::progress::{push_digest, BuildProgress};
 use crate::report::{self, Reporter};
 
@@ -99,18 +99,8 @@ type Answer = Result<Option<BTreeSet<String>>, String>;
 pub fn prefetch(plan: &Plan, docker: &str) -> Prefetch {
     let mut asked = BTreeMap::new();
     for step in &plan.steps {
-        if let Action::Check {
-            marker,
-            finals,
-            caches,
-            export,
-        } = &step.action
-        {
-            for image in std::iter::once(marker)
-                .chain(finals)
-                .chain(caches)
-                .chain(export)
-            {
+        if let Action::Check(check) = &step.action {
+            for image in check.questions() {
                 let (docker, question) = (docker.to_string(), image.clone());
                 asked.entry(image.clone()).or_insert_with(|| {
                     std::thread::spawn(move || crate::engine::image_manifests(&docker, &question))
@@ -214,7 +204,7 @@ pub fn run(
     // that starts early must not keep another package's final build waiting.)
     let mut priority: Vec<usize> = (0..plan.steps.len()).collect();
     priority.sort_by_key(|&i| match &plan.steps[i].action {
-        Action::Check { .. } => 0,
+        Action::Check(_) => 0,
         Action::Build(b) if b.is_final => 1,
         _ => 2,
     });
@@ -323,10 +313,9 @@ pub fn run(
                 let step = &plan.steps[step_result.step];
                 let ok = !matches!(step_result.outcome, Outcome::Failed(_));
                 state[step.id] = Some(ok);
-                if let (Action::Check { marker, .. }, Outcome::Done) =
-                    (&step.action, &step_result.outcome)
+                if let (Action::Check(check), Outcome::Done) = (&step.action, &step_result.outcome)
                 {
-                    current_packages.insert(step.package.as_str(), marker.clone());
+                    current_packages.insert(step.package.as_str(), check.marker.clone());
                 }
                 if let (Action::Build(build), Some(progress)) =
                     (&step.action, &step_result.progress)
@@ -338,7 +327,7 @@ pub fn run(
                     report_imports(reporter, progress, &mut reported_imports);
                 }
                 let quiet = current_packages.contains_key(step.package.as_str())
-                    && !matches!(step.action, Action::Check { .. });
+                    && !matches!(step.action, Action::Check(_));
                 if !quiet {
                     reporter.ended(step.id);
                 }
@@ -406,7 +395,7 @@ fn label(plan: &Plan, step: &Step) -> String {
 fn announce(reporter: &Reporter, step: &Step) {
     match &step.action {
         // Says what it found when it is done.
-        Action::Check { .. } | Action::Mark { .. } => {}
+        Action::Check(_) | Action::Mark { .. } => {}
         Action::Pull { image } => reporter.status("Pulling", image),
         Action::Build(b) => {
             reporter.status("Building", &format!("{} stage `{}`", step.package, b.stage))
@@ -451,7 +440,7 @@ fn finish(
                 },
                 _,
             ) => reporter.status("Pushed", &format!("{image} in {:.1}s", result.seconds)),
-            (Action::Check { marker, .. }, _) => reporter.status(
+            (Action::Check(Check { marker, .. }), _) => reporter.status(
                 "Fresh",
                 &format!(
                     "{}: the registry holds this build (`{marker}`), and every final tag holds it: nothing to build or push",
@@ -463,7 +452,7 @@ fn finish(
         },
         Outcome::Skipped(why) => match &step.action {
             Action::Pull { .. } => reporter.info(why),
-            Action::Check { .. } => reporter.info(&format!("{}: building: {why}", step.package)),
+            Action::Check(_) => reporter.info(&format!("{}: building: {why}", step.package)),
             Action::Mark { .. } => {}
             Action::Build(b) => reporter.status(
                 "Fresh",
@@ -499,7 +488,7 @@ fn finish(
         "cached": progress.map(BuildProgress::cached),
         "image": match &step.action {
             Action::Push { image, .. } | Action::Pull { image } => Some(image.clone()),
-            Action::Check { marker, .. } | Action::Mark { marker } => Some(marker.clone()),
+            Action::Check(Check { marker, .. }) | Action::Mark { marker } => Some(marker.clone()),
             Action::Build(_) => None,
         },
         "digest": result.digest,
@@ -596,21 +585,8 @@ fn run_step(
         return result;
     }
     match &step.action {
-        Action::Check {
-            marker,
-            finals,
-            caches,
-            export,
-        } => {
-            result.outcome = check(
-                engine,
-                marker,
-                finals,
-                caches,
-                export.as_deref(),
-                &context.in_registry,
-                &context.prefetch,
-            );
+        Action::Check(question) => {
+            result.outcome = check(engine, question, &context.in_registry, &context.prefetch);
         }
         Action::Mark { marker } => {
             let out = stream(step, tx, running, cancelled);
@@ -748,26 +724,24 @@ fn run_step(
     result
 }
 
-/// Whether the registry holds a build of the package's plan: `marker` exists and every final tag
-/// holds the same image manifests, and `export`, if any, is there. `Done` if so, else `Skipped`
-/// with the reason; a registry that does not answer only means building, where the build then
-/// says what is wrong. Whether the registry holds each of `caches` is asked at the same time and
-/// remembered in `in_registry`.
-#[allow(clippy::too_many_arguments)]
+/// Whether the registry holds a build of the package's plan: the marker exists, every final tag
+/// holds the same image manifests, and the export, if any, is there. `Done` if so, else
+/// `Skipped` with the reason; a registry that does not answer only means building, where the
+/// build then says what is wrong. Whether the registry holds each of the caches is asked at the
+/// same time and remembered in `in_registry`.
 fn check(
     engine: &Engine,
-    marker: &str,
-    finals: &[String],
-    caches: &[String],
-    export: Option<&str>,
+    check: &Check,
     in_registry: &Mutex<BTreeMap<String, bool>>,
     prefetch: &Mutex<Prefetch>,
 ) -> Outcome {
-    let images: Vec<&str> = std::iter::once(marker)
-        .chain(finals.iter().map(String::as_str))
-        .chain(caches.iter().map(String::as_str))
-        .chain(export)
-        .collect();
+    let Check {
+        marker,
+        finals,
+        caches,
+        export,
+    } = check;
+    let images: Vec<&str> = check.questions().map(String::as_str).collect();
     let asked: Vec<Option<std::thread::JoinHandle<Answer>>> = images
         .iter()
         .map(|image| prefetch.lock().ok().and_then(|mut p| p.0.remove(*image)))

@@ -92,21 +92,9 @@ pub enum Action {
         /// The image reference.
         image: String,
     },
-    /// Asks the registry whether it holds a build of exactly this plan: the marker tag, and every
-    /// final tag holding the same manifest. If so, no other step of the package runs.
-    Check {
-        /// The marker tag: `<cache-image>:inputs-<fingerprint>`.
-        marker: String,
-        /// The final tags that must hold the marker's manifest.
-        finals: Vec<String>,
-        /// The cache images of stage builds that may be skipped, asked at the same time: a stage
-        /// build whose cache image the registry lacks cannot be skipped, and so starts at once
-        /// instead of after the final build (on a cold registry, every one of them).
-        caches: Vec<String>,
-        /// The registry cache of a build that pushes the marker with its image: it too must be in
-        /// the registry, since a failed cache export follows the push.
-        export: Option<String>,
-    },
+    /// Asks the registry whether it holds a build of exactly this plan. If so, no other step of
+    /// the package runs.
+    Check(Check),
     /// Pushes the marker tag, once every other step of the package succeeded (where the final
     /// build does not push it with the image).
     Mark {
@@ -133,6 +121,33 @@ pub enum Action {
         /// A refused push is a warning, not a failure.
         best_effort: bool,
     },
+}
+
+/// A registry check's particulars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The marker tag: `<cache-image>:inputs-<fingerprint>`.
+    pub marker: String,
+    /// The final tags that must hold the marker's manifest.
+    pub finals: Vec<String>,
+    /// The cache images of stage builds that may be skipped, asked at the same time: a stage
+    /// build whose cache image the registry lacks cannot be skipped, and so starts at once
+    /// instead of after the final build (on a cold registry, every one of them).
+    pub caches: Vec<String>,
+    /// The registry cache of a build that pushes the marker with its image: it too must be in
+    /// the registry, since a failed cache export follows the push.
+    pub export: Option<String>,
+}
+
+impl Check {
+    /// Every image the check asks the registry about: the marker, the finals, the caches, the
+    /// export, in that order.
+    pub fn questions(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.marker)
+            .chain(&self.finals)
+            .chain(&self.caches)
+            .chain(&self.export)
+    }
 }
 
 /// A build step's particulars.
@@ -737,12 +752,12 @@ impl Plan {
         let check = (!options.rebuild).then(|| {
             self.add(
                 name,
-                Action::Check {
+                Action::Check(Check {
                     marker: marker.to_string(),
                     finals: finals.clone(),
                     caches,
                     export: exports.filter(|_| pushes_itself),
-                },
+                }),
                 docker,
                 vec!["manifest".into(), "inspect".into(), marker.to_string()],
                 vec![],
@@ -831,7 +846,7 @@ impl Step {
             Action::Pull { .. } => {
                 format!("{line} || true  # a missing cache image means no cache yet")
             }
-            Action::Check { .. } => format!(
+            Action::Check(_) => format!(
                 "{line}  # when it and every final tag hold the same image, nothing below runs"
             ),
             Action::Build(b) if b.skip_if_current => format!(
@@ -1125,11 +1140,11 @@ COPY --from=compile /out /out
         .assert_eq(&inline.to_shell());
         // Every step waits for the check; the marker for every step.
         let last = inline.steps.len() - 1;
-        assert!(matches!(inline.steps[0].action, Action::Check { .. }));
+        assert!(matches!(inline.steps[0].action, Action::Check(_)));
         assert!(inline.steps[1..last].iter().all(|s| s.after.contains(&0)));
         assert_eq!(inline.steps[last].after, (1..last).collect::<Vec<_>>());
         let marker_of = |plan: &Plan| match &plan.steps[0].action {
-            Action::Check { marker, .. } => marker.clone(),
+            Action::Check(check) => check.marker.clone(),
             _ => String::new(),
         };
         let first = marker_of(&inline);
@@ -1172,7 +1187,7 @@ COPY --from=compile /out /out
             assert!(plan
                 .steps
                 .iter()
-                .all(|s| !matches!(s.action, Action::Check { .. } | Action::Mark { .. })));
+                .all(|s| !matches!(s.action, Action::Check(_) | Action::Mark { .. })));
         }
 
         // `--rebuild`: no check, the same marker pushed at the end.
@@ -1196,7 +1211,7 @@ COPY --from=compile /out /out
         assert_eq!(plan.steps.len(), 2, "{}", plan.to_shell());
         assert!(matches!(
             &plan.steps[0].action,
-            Action::Check { export: Some(cache), .. } if cache.ends_with(":buildcache")
+            Action::Check(Check { export: Some(cache), .. }) if cache.ends_with(":buildcache")
         ));
         let build = plan.steps[1].to_shell();
         assert!(
@@ -1271,7 +1286,7 @@ COPY --from=compile-b /b /b
                         format!("push {}", image.rsplit(':').next().unwrap())
                     }
                     Action::Pull { image } => format!("pull {image}"),
-                    Action::Check { .. } => "check".to_string(),
+                    Action::Check(_) => "check".to_string(),
                     Action::Mark { .. } => "mark".to_string(),
                 };
                 format!("{} {what} after {:?}", s.id, s.after)

@@ -216,12 +216,12 @@ pub fn plan_event(plan: &Plan) -> Value {
 fn detail(action: &Action) -> Value {
     match action {
         Action::Pull { image } => json!({ "image": image }),
-        Action::Check {
-            marker,
-            finals,
-            caches,
-            export,
-        } => json!({ "marker": marker, "finals": finals, "caches": caches, "export": export }),
+        Action::Check(check) => json!({
+            "marker": check.marker,
+            "finals": check.finals,
+            "caches": check.caches,
+            "export": check.export,
+        }),
         Action::Mark { marker } => json!({ "marker": marker }),
         Action::Build(b) => json!({
             "final": b.is_final,
@@ -250,7 +250,7 @@ fn detail(action: &Action) -> Value {
 /// `check`, `pull`, `build`, `push` or `mark`.
 pub fn kind(action: &Action) -> &'static str {
     match action {
-        Action::Check { .. } => "check",
+        Action::Check(_) => "check",
         Action::Mark { .. } => "mark",
         Action::Pull { .. } => "pull",
         Action::Build(_) => "build",
@@ -263,7 +263,7 @@ pub fn stage_of(plan: &Plan, id: usize) -> Option<String> {
     match &plan.steps.get(id)?.action {
         Action::Build(b) => Some(b.stage.clone()),
         Action::Push { build, .. } => stage_of(plan, *build),
-        Action::Pull { .. } | Action::Check { .. } | Action::Mark { .. } => None,
+        Action::Pull { .. } | Action::Check(_) | Action::Mark { .. } => None,
     }
 }
 
@@ -355,7 +355,7 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
                     .pushed
                     .push(text);
             }
-            Action::Pull { .. } | Action::Check { .. } | Action::Mark { .. } => {}
+            Action::Pull { .. } | Action::Check(_) | Action::Mark { .. } => {}
         }
     }
     stages
@@ -375,7 +375,7 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
 pub fn fresh_packages(plan: &Plan, run: &RunResult) -> Vec<String> {
     plan.steps
         .iter()
-        .filter(|s| matches!(s.action, Action::Check { .. }))
+        .filter(|s| matches!(s.action, Action::Check(_)))
         .filter(|s| run.get(s.id).is_some_and(|r| r.outcome == Outcome::Done))
         .map(|s| s.package.clone())
         .collect()

@@ -192,6 +192,8 @@ pub fn run(
 
     let mut state: Vec<Option<bool>> = vec![None; plan.steps.len()]; // None: not done; Some(ok)
     let mut started_steps = vec![false; plan.steps.len()];
+    // Steps started after their package's check found it in the registry: they report nothing.
+    let mut quiet = vec![false; plan.steps.len()];
     let mut in_flight = 0usize;
     let mut ran_stages: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let mut reported_imports: BTreeSet<String> = BTreeSet::new();
@@ -265,7 +267,8 @@ pub fn run(
                     "time": report::rfc3339(SystemTime::now()),
                 }));
                 // A step of a package the registry holds has nothing to say: the check said it.
-                if context.package_current.is_none() {
+                quiet[step.id] = context.package_current.is_some();
+                if !quiet[step.id] {
                     announce(reporter, step);
                     reporter.started(step.id, &labels[step.id]);
                 }
@@ -326,12 +329,17 @@ pub fn run(
                     }
                     report_imports(reporter, progress, &mut reported_imports);
                 }
-                let quiet = current_packages.contains_key(step.package.as_str())
-                    && !matches!(step.action, Action::Check(_));
-                if !quiet {
+                if !quiet[step.id] {
                     reporter.ended(step.id);
                 }
-                finish(reporter, plan, step, &step_result, &labels[step.id], quiet);
+                finish(
+                    reporter,
+                    plan,
+                    step,
+                    &step_result,
+                    &labels[step.id],
+                    quiet[step.id],
+                );
                 result.steps.push(*step_result);
                 if !ok && !stop {
                     stop = true;

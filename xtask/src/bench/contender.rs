@@ -398,19 +398,11 @@ pub fn commands(
             vec![cmd]
         }
         Contender::BestClassic => {
-            let mut args: Vec<String> = [
-                "buildx",
-                "build",
-                "--progress=plain",
-                "--build-arg",
-                "BUILDKIT_INLINE_CACHE=1",
-                "--network",
-                "none",
-                "--target",
-                fixture.target,
-            ]
-            .map(String::from)
-            .to_vec();
+            let mut args: Vec<String> = one_build(fixture.target)
+                .into_iter()
+                .chain(["--build-arg", "BUILDKIT_INLINE_CACHE=1"])
+                .map(String::from)
+                .collect();
             for tag in fixture.cache_tags {
                 args.extend(["--cache-from".into(), tool_image(tag)]);
             }
@@ -424,25 +416,17 @@ pub fn commands(
                 fixture::image(addr, Contender::ToolRegistry.id(), name, "buildcache")
             );
             let context = context();
-            vec![Cmd::new(
-                docker,
-                &[
-                    "buildx",
-                    "build",
-                    "--progress=plain",
-                    "--network",
-                    "none",
-                    "--target",
-                    fixture.target,
-                    "--cache-from",
-                    &cache,
-                    "--tag",
-                    &own,
-                    "--provenance=false",
-                    "--push",
-                    &context,
-                ],
-            )]
+            let mut args = one_build(fixture.target);
+            args.extend([
+                "--cache-from",
+                &cache,
+                "--tag",
+                &own,
+                "--provenance=false",
+                "--push",
+                &context,
+            ]);
+            vec![Cmd::new(docker, &args)]
         }
         Contender::SingleBuildkit | Contender::SingleModern | Contender::SingleModernCache => {
             let context = context();
@@ -451,18 +435,8 @@ pub fn commands(
             let to = format!(
                 "type=registry,ref={cache},mode=max,image-manifest=true,oci-mediatypes=true"
             );
-            let mut args = vec![
-                "buildx",
-                "build",
-                "--progress=plain",
-                "--network",
-                "none",
-                "--target",
-                fixture.target,
-                "--tag",
-                &own,
-                "--push",
-            ];
+            let mut args = one_build(fixture.target);
+            args.extend(["--tag", &own, "--push"]);
             // No attestation manifest, as for the tool with a registry cache.
             if contender != Contender::SingleBuildkit {
                 args.push("--provenance=false");
@@ -480,6 +454,20 @@ pub fn commands(
             &["manifest", "inspect", "--insecure", &tool_image("latest")],
         )],
     }
+}
+
+/// The start of every one-command BuildKit build: `docker buildx build` of `target`, plain
+/// progress, no network.
+fn one_build(target: &str) -> Vec<&str> {
+    vec![
+        "buildx",
+        "build",
+        "--progress=plain",
+        "--network",
+        "none",
+        "--target",
+        target,
+    ]
 }
 
 /// What one program printed.

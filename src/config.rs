@@ -196,7 +196,7 @@ pub struct Origin {
 }
 
 impl RawConfig {
-    /// Reads a table from `cargo metadata`'s JSON.
+    /// Reads a table given as JSON (as `cargo metadata` gives it, and `manifest` converts it).
     pub fn from_json(value: &serde_json::Value) -> Result<RawConfig, String> {
         RawConfig::deserialize(value).map_err(|e| {
             let text = e.to_string();

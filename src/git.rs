@@ -41,9 +41,9 @@ pub fn head(dir: &Path) -> Option<Head> {
 /// A `git log` started by [`spawn_head`] that runs while the caller does other work.
 pub struct PendingHead(Option<Child>);
 
-/// Starts the `git log` of [`head`] without waiting for it: the caller overlaps it with
-/// `cargo metadata`, which takes ten times as long, without a thread of its own (its output is
-/// one short line, so it never fills the pipe while nobody reads).
+/// Starts the `git log` of [`head`] without waiting for it: the caller overlaps it with loading
+/// the workspace, without a thread of its own (its output is one short line, so it never fills
+/// the pipe while nobody reads).
 pub fn spawn_head(dir: &Path) -> PendingHead {
     PendingHead(
         Command::new("git")

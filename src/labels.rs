@@ -1,12 +1,12 @@
 //! OCI image labels (`org.opencontainers.image.*`) made from Cargo metadata and git.
 //!
-//! Pure: the caller reads `cargo metadata` and git into a [`LabelSource`]; this module only
+//! Pure: the caller reads the manifests and git into a [`LabelSource`]; this module only
 //! decides which labels follow and how they are passed to `docker build`.
 
 use std::collections::BTreeMap;
 
-/// What the labels are made from (filled by the caller from cargo_metadata and git).
-#[derive(Debug, Clone, Default)]
+/// What the labels are made from (filled by the caller from the manifest and git).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LabelSource {
     /// The package name.
     pub name: String,

@@ -1,10 +1,10 @@
 //! `cargo xtask docker`: multi-stage Docker builds whose stage caches live in a registry.
 //!
-//! The data flows one way: [`config`] (the Cargo.toml tables) -> [`dockerfile`] (the stage graph)
-//! -> [`package`] (the config checked against the graph) -> [`fingerprint`] (what the build reads
-//! from the checkout) -> [`plan`] (pure: the steps to run) ->
-//! [`engine`] (what the CLI and builder can do) -> [`exec`] (runs the steps) -> [`report`] (what
-//! happened). [`workspace`] ties them together.
+//! The data flows one way: [`manifest`] (the workspace's members) -> [`config`] (their
+//! Cargo.toml tables) -> [`dockerfile`] (the stage graph) -> [`package`] (the config checked
+//! against the graph) -> [`fingerprint`] (what the build reads from the checkout) -> [`plan`]
+//! (pure: the steps to run) -> [`engine`] (what the CLI and builder can do) -> [`exec`] (runs the
+//! steps) -> [`report`] (what happened). [`workspace`] ties them together.
 
 pub mod cli;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod fingerprint;
 pub mod git;
 pub mod graph;
 pub mod labels;
+pub mod manifest;
 pub mod package;
 pub mod plan;
 pub mod progress;

@@ -10,6 +10,7 @@ use crate::cli::{BuildArgs, CheckArgs, Color, Command, MessageFormat, SelectArgs
 use crate::config::{CacheMode, Origin, RawConfig};
 use crate::failure::Failure;
 use crate::labels::LabelSource;
+use crate::manifest::{self, Workspace};
 use crate::package::Package;
 use crate::plan::{Input, Push};
 use crate::report::{Reporter, Verbosity};
@@ -58,67 +59,87 @@ pub fn load(select: &SelectArgs) -> anyhow::Result<Vec<Package>> {
 
 /// [`load`], keeping what the labels are made from.
 pub fn load_with_metadata(select: &SelectArgs) -> anyhow::Result<Vec<Loaded>> {
-    load_from(select, start_metadata(select)?)
+    load_from(select, Members::start(select)?)
 }
 
-/// Starts `cargo metadata --no-deps`, the command `MetadataCommand::exec` runs, without waiting
-/// for it: it is most of a dry run's time, so the caller starts it first and does what does not
-/// need it (starting `git log`) while it runs.
-fn start_metadata(select: &SelectArgs) -> anyhow::Result<Child> {
-    let mut command = cargo_metadata::MetadataCommand::new();
-    command.no_deps();
-    if let Some(path) = &select.manifest_path {
-        command.manifest_path(path);
-    }
-    command
-        .cargo_command()
-        // As `Command::output`, which `exec` uses, sets them up.
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(cargo_metadata::Error::Io)
-        .context("`cargo metadata` failed")
+/// The workspace's members: read from the manifests, or, where only cargo can tell, asked of
+/// `cargo metadata --no-deps`, which is started and not yet waited for.
+enum Members {
+    Read(Workspace),
+    Cargo(Child),
 }
 
-/// Waits for [`start_metadata`]'s command and reads its output as `MetadataCommand::exec` does,
-/// with the same errors.
-fn finish_metadata(child: Child) -> anyhow::Result<cargo_metadata::Metadata> {
-    use cargo_metadata::Error;
-    let read = || -> cargo_metadata::Result<cargo_metadata::Metadata> {
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            return Err(Error::CargoMetadata {
-                stderr: String::from_utf8(output.stderr)?,
-            });
+impl Members {
+    /// Reads the manifests, or starts `cargo metadata`: the caller does what does not need the
+    /// answer (starting `git log`) while it runs.
+    fn start(select: &SelectArgs) -> anyhow::Result<Members> {
+        let cwd = std::env::current_dir().context("cannot read the current folder")?;
+        if let Some(workspace) = manifest::read(select.manifest_path.as_deref(), &cwd) {
+            return Ok(Members::Read(workspace));
         }
-        let json = std::str::from_utf8(&output.stdout)?
-            .lines()
-            .find(|line| line.starts_with('{'))
-            .ok_or(Error::NoJson)?;
-        cargo_metadata::MetadataCommand::parse(json)
-    };
-    read().context("`cargo metadata` failed")
+        // The command `MetadataCommand::exec` runs, spawned as `Command::output` would.
+        let mut command = cargo_metadata::MetadataCommand::new();
+        command.no_deps();
+        if let Some(path) = &select.manifest_path {
+            command.manifest_path(path);
+        }
+        let child = command
+            .cargo_command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(cargo_metadata::Error::Io)
+            .context("`cargo metadata` failed")?;
+        Ok(Members::Cargo(child))
+    }
+
+    /// The workspace, once cargo answered, with `MetadataCommand::exec`'s errors.
+    fn finish(self) -> anyhow::Result<Workspace> {
+        use cargo_metadata::Error;
+        let child = match self {
+            Members::Read(workspace) => return Ok(workspace),
+            Members::Cargo(child) => child,
+        };
+        let read = || -> cargo_metadata::Result<cargo_metadata::Metadata> {
+            let output = child.wait_with_output()?;
+            if !output.status.success() {
+                return Err(Error::CargoMetadata {
+                    stderr: String::from_utf8(output.stderr)?,
+                });
+            }
+            let json = std::str::from_utf8(&output.stdout)?
+                .lines()
+                .find(|line| line.starts_with('{'))
+                .ok_or(Error::NoJson)?;
+            cargo_metadata::MetadataCommand::parse(json)
+        };
+        let metadata = read().context("`cargo metadata` failed")?;
+        Ok(Workspace::from_metadata(&metadata))
+    }
 }
 
-/// [`load_with_metadata`] once `cargo metadata` has been started.
-fn load_from(select: &SelectArgs, cargo: Child) -> anyhow::Result<Vec<Loaded>> {
-    let metadata = finish_metadata(cargo)?;
-    let defaults = match metadata.workspace_metadata.get("docker") {
+/// [`load_with_metadata`] once the members are on their way.
+fn load_from(select: &SelectArgs, members: Members) -> anyhow::Result<Vec<Loaded>> {
+    let workspace = members.finish()?;
+    let defaults = match &workspace.docker {
         Some(table) => RawConfig::from_json(table)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| {
                 format!(
                     "in `[workspace.metadata.docker]` of `{}`",
-                    metadata.workspace_root.join("Cargo.toml")
+                    workspace.root.join("Cargo.toml").display()
                 )
             })?,
         None => RawConfig::default(),
     };
-    let members: Vec<&cargo_metadata::Package> = metadata.workspace_packages();
+    let members = &workspace.members;
     for name in &select.packages {
-        if !members.iter().any(|p| p.name.as_str() == name) {
-            let names: Vec<String> = members.iter().map(|p| format!("`{}`", p.name)).collect();
+        if !members.iter().any(|m| &m.labels.name == name) {
+            let names: Vec<String> = members
+                .iter()
+                .map(|m| format!("`{}`", m.labels.name))
+                .collect();
             bail!(
                 "package `{name}` is not in the workspace\nnote: its packages are {}",
                 names.join(", ")
@@ -127,29 +148,28 @@ fn load_from(select: &SelectArgs, cargo: Child) -> anyhow::Result<Vec<Loaded>> {
     }
     let mut loaded = Vec::new();
     for member in members {
-        let chosen =
-            select.packages.is_empty() || select.packages.iter().any(|n| n == member.name.as_str());
+        let name = &member.labels.name;
+        let chosen = select.packages.is_empty() || select.packages.contains(name);
         // A member opts in with a table of its own, which may be empty.
-        let table = match (chosen, member.metadata.get("docker")) {
+        let table = match (chosen, &member.docker) {
             (false, _) => continue,
             (true, Some(table)) => table,
             (true, None) if select.packages.is_empty() => continue,
             (true, None) => bail!(
-                "package `{}` has no `[package.metadata.docker]` table ({})",
-                member.name,
-                member.manifest_path
+                "package `{name}` has no `[package.metadata.docker]` table ({})",
+                member.manifest_path.display()
             ),
         };
         let origin = Origin {
-            package: member.name.to_string(),
-            version: member.version.to_string(),
-            manifest_path: PathBuf::from(member.manifest_path.as_std_path()),
-            workspace_root: PathBuf::from(metadata.workspace_root.as_std_path()),
+            package: name.clone(),
+            version: member.labels.version.clone(),
+            manifest_path: member.manifest_path.clone(),
+            workspace_root: workspace.root.clone(),
         };
         let in_table = || {
             format!(
-                "in `[package.metadata.docker]` of package `{}` ({})",
-                origin.package, member.manifest_path
+                "in `[package.metadata.docker]` of package `{name}` ({})",
+                member.manifest_path.display()
             )
         };
         let raw = RawConfig::from_json(table)
@@ -162,25 +182,15 @@ fn load_from(select: &SelectArgs, cargo: Child) -> anyhow::Result<Vec<Loaded>> {
         let text = std::fs::read_to_string(&config.dockerfile)
             .with_context(|| format!("cannot read `{}`", config.dockerfile.display()))?;
         let package = Package::resolve(config, &text).with_context(in_table)?;
-        let labels = LabelSource {
-            name: member.name.to_string(),
-            version: member.version.to_string(),
-            description: member.description.clone(),
-            license: member.license.clone(),
-            license_file: member.license_file.as_ref().map(|p| p.to_string()),
-            repository: member.repository.clone(),
-            homepage: member.homepage.clone(),
-            documentation: member.documentation.clone(),
-            authors: member.authors.clone(),
-            revision: None,
-            created: None,
-        };
-        loaded.push(Loaded { package, labels });
+        loaded.push(Loaded {
+            package,
+            labels: member.labels.clone(),
+        });
     }
     if loaded.is_empty() {
         bail!(
             "no package in the workspace at `{}` has a `[package.metadata.docker]` table\nnote: add one to a package's Cargo.toml; the README lists its keys",
-            metadata.workspace_root
+            workspace.root.display()
         );
     }
     Ok(loaded)
@@ -283,10 +293,11 @@ fn lint(package: &Package, reporter: &Reporter) {
 fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     // The whole command's time, which `Finished` reports: loading and the preflight included.
     let started = std::time::Instant::now();
-    // `cargo metadata` first: a dry run's time is mostly its time, so nothing may delay it.
-    let cargo = start_metadata(&args.select).map_err(Failure::config)?;
+    // The members first: where `cargo metadata` must tell them, a dry run's time is mostly its
+    // time, so nothing may delay it.
+    let members = Members::start(&args.select).map_err(Failure::config)?;
     // One git call for the whole run (a workspace's packages share one checkout), made while
-    // `cargo metadata` runs: on a dry run these two are most of the tool's own time.
+    // the workspace loads: on a dry run it is most of the tool's own time.
     let git_dir = match args
         .select
         .manifest_path
@@ -297,7 +308,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         _ => PathBuf::from("."),
     };
     let head = git::spawn_head(&git_dir);
-    let loaded = load_from(&args.select, cargo).map_err(Failure::config)?;
+    let loaded = load_from(&args.select, members).map_err(Failure::config)?;
     let head = head.wait();
     let push = if args.push {
         Push::All

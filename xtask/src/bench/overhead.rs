@@ -1,5 +1,6 @@
 //! The tool's own overhead: `xtask-docker docker build --dry-run` of a generated workspace of 20
-//! packages against `cargo metadata` of the same workspace, which the tool runs first anyway.
+//! packages against `cargo metadata` of the same workspace, the least a tool that asks cargo
+//! for the workspace spends (this one reads the manifests itself where their shape allows).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -59,7 +59,7 @@ pub struct Profile {
     pub contender: Contender,
     /// Wall time of the run (with `-v`, so slightly more than a timed run).
     pub seconds: f64,
-    /// From the tool's start to its first step: loading the workspace (`cargo metadata`),
+    /// From the tool's start to its first step: loading the workspace,
     /// planning, the preflight probes.
     pub before_first_step: f64,
     /// The plan's steps, by start.

@@ -312,7 +312,11 @@ fn member(manifest: &Path, table: &Table, root: Option<&Table>) -> Option<Member
     {
         return None;
     }
-    let version = text("version")?.unwrap_or_else(|| "0.0.0".to_string());
+    // As cargo gives it; one that is not semver, cargo refuses.
+    let version = match text("version")? {
+        None => "0.0.0".to_string(),
+        Some(v) => cargo_metadata::semver::Version::parse(&v).ok()?.to_string(),
+    };
     let authors = match field("authors")? {
         None => Vec::new(),
         Some(value) => value

@@ -109,7 +109,7 @@ flags = [true, false]
         ),
         (
             "ws/crates/gamma/Cargo.toml",
-            "[package]\nname = \"gamma\"\nversion = \"0.3.0\"\nedition = \"2021\"\n\n[package.metadata.docker]\n",
+            "[package]\nname = \"gamma\"\nversion = \"0.3.0-rc.1+build.5\"\nedition = \"2021\"\n\n[package.metadata.docker]\n",
         ),
         (
             "ws/crates/skipped/Cargo.toml",
@@ -221,6 +221,13 @@ fn shapes_the_reader_leaves_to_cargo() {
                     package("a", "description.workspace = true\n"),
                 ),
             ],
+        ),
+        (
+            "a version that is not semver",
+            vec![(
+                "Cargo.toml".into(),
+                package("a", "").replace("0.1.0", "1.0"),
+            )],
         ),
         (
             "a date in the docker table",

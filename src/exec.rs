@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
@@ -138,6 +138,48 @@ struct Context {
     package_current: Option<String>,
     /// Registry answers asked before the run.
     prefetch: Arc<Mutex<Prefetch>>,
+    /// The ends of the steps that this one, started early, waits for before its command.
+    after: Vec<Arc<Gate>>,
+}
+
+/// Opens when a step ends (or the run stops), for a step that started before it and waits for
+/// it midway.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            *open = true;
+        }
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let Ok(mut open) = self.open.lock() else {
+            return;
+        };
+        while !*open {
+            match self.opened.wait(open) {
+                Ok(guard) => open = guard,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Why a step may start before a step it waits for in the plan is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Early {
+    /// The stage build cannot be skipped and has no old image to keep: it starts, and BuildKit
+    /// shares the steps both builds have.
+    Share,
+    /// The stage build cannot be skipped: it pulls its old image now, and builds once the
+    /// awaited build ended.
+    PullThenWait,
 }
 
 /// Runs `plan`: each step once the steps it waits for are done, up to `jobs` at once. The first
@@ -195,7 +237,11 @@ pub fn run(
     // Steps started after their package's check found it in the registry: they report nothing.
     let mut quiet = vec![false; plan.steps.len()];
     let mut in_flight = 0usize;
+    // Per package, the stages in which a step ran: known from a build's output as it goes.
     let mut ran_stages: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut live: BTreeMap<usize, BuildProgress> = BTreeMap::new();
+    // The ends that early steps wait for, by the awaited step.
+    let mut gates: BTreeMap<usize, Arc<Gate>> = BTreeMap::new();
     let mut reported_imports: BTreeSet<String> = BTreeSet::new();
     // Packages whose check found the registry holding their build: package -> marker tag.
     let mut current_packages: BTreeMap<&str, String> = BTreeMap::new();
@@ -217,9 +263,19 @@ pub fn run(
                 if in_flight >= options.jobs.max(1) {
                     break;
                 }
+                let ran = ran_stages.get(step.package.as_str());
+                let mut awaited = Vec::new();
                 if started_steps[step.id]
                     || !step.after.iter().all(|&a| {
-                        state[a] == Some(true) || need_not_wait(plan, step, a, &in_registry)
+                        state[a] == Some(true)
+                            || match early_start(plan, step, a, &in_registry, ran) {
+                                Some(Early::Share) => true,
+                                Some(Early::PullThenWait) => {
+                                    awaited.push(a);
+                                    true
+                                }
+                                None => false,
+                            }
                     })
                 {
                     continue;
@@ -257,6 +313,10 @@ pub fn run(
                     in_registry: in_registry.clone(),
                     package_current,
                     prefetch: prefetch.clone(),
+                    after: awaited
+                        .iter()
+                        .map(|a| gates.entry(*a).or_default().clone())
+                        .collect(),
                 };
                 reporter.event(json!({
                     "reason": "step-started",
@@ -290,7 +350,20 @@ pub fn run(
         }
         let Ok(msg) = rx.recv() else { break };
         match msg {
-            Msg::Line(id, line) => reporter.output(id, &labels[id], &line),
+            Msg::Line(id, line) => {
+                reporter.output(id, &labels[id], &line);
+                // A step that ran decides, before its build ends, that the stage builds whose
+                // chain it is in cannot be skipped: they may start at once.
+                let step = &plan.steps[id];
+                if let Action::Build(build) = &step.action {
+                    let progress = live.entry(id).or_default();
+                    progress.feed(&line);
+                    let ran = ran_stages.entry(step.package.as_str()).or_default();
+                    for s in progress.ran_so_far() {
+                        ran.insert(s.stage_or(&build.stage).to_string());
+                    }
+                }
+            }
             Msg::Signal(signal) => {
                 if result.interrupted.is_none() {
                     result.interrupted = Some(signal);
@@ -300,6 +373,7 @@ pub fn run(
                     stop = true;
                     cancelled.store(true, Ordering::SeqCst);
                     terminate(&running);
+                    gates.values().for_each(|g| g.open());
                 } else {
                     // A second signal does not wait for the grace period.
                     for group in running
@@ -345,6 +419,11 @@ pub fn run(
                     stop = true;
                     cancelled.store(true, Ordering::SeqCst);
                     terminate(&running);
+                    gates.values().for_each(|g| g.open());
+                }
+                // After `cancelled` is set: a step that waited for this one reads it on waking.
+                if let Some(gate) = gates.get(&step.id) {
+                    gate.open();
                 }
             }
         }
@@ -361,15 +440,17 @@ pub fn run(
 }
 
 /// Whether `step` may start before step `after` is done, though it waits for it in the plan: a
-/// stage build waits for the final build only to learn whether it can be skipped, and it cannot
-/// be when the registry lacks its cache image. It then starts at once, and BuildKit shares the
-/// steps both builds have.
-fn need_not_wait(
+/// stage build waits for the final build only to learn whether it can be skipped. It cannot be
+/// when the registry lacks its cache image: it starts at once, and BuildKit shares the steps both
+/// builds have. Nor once a step of its chain ran (`ran`: the package's stages in which one did
+/// so far): it starts, to pull its old image (moby/buildkit#1981) while the final build goes on.
+fn early_start(
     plan: &Plan,
     step: &Step,
     after: usize,
     in_registry: &Mutex<BTreeMap<String, bool>>,
-) -> bool {
+    ran: Option<&BTreeSet<String>>,
+) -> Option<Early> {
     let (
         Action::Build(build),
         Some(Step {
@@ -379,17 +460,26 @@ fn need_not_wait(
         }),
     ) = (&step.action, plan.steps.get(after))
     else {
-        return false;
+        return None;
     };
     let missing = |image: &String| {
         in_registry
             .lock()
             .is_ok_and(|known| known.get(image) == Some(&false))
     };
-    build.skip_if_current
-        && waited.is_final
-        && *package == step.package
-        && build.writes.as_ref().is_some_and(missing)
+    let chain_ran = build
+        .chain
+        .iter()
+        .any(|c| ran.is_some_and(|r| r.contains(c)));
+    if !(build.skip_if_current && waited.is_final && *package == step.package) {
+        None
+    } else if build.writes.as_ref().is_some_and(missing) {
+        Some(Early::Share)
+    } else if chain_ran {
+        Some(Early::PullThenWait)
+    } else {
+        None
+    }
 }
 
 /// `service/compile` for a build or push of a stage, `service` otherwise.
@@ -642,64 +732,77 @@ fn run_step(
                     // A missing image (the first build of a new stage) only means nothing to keep.
                     let _ = stream(&pull, tx, running, cancelled);
                 }
-                let out = stream(step, tx, running, cancelled);
-                let mut progress = BuildProgress::default();
-                out.text.lines().for_each(|l| progress.feed(l));
-                if let Err(message) = out.result {
-                    let mut errors = progress.errors();
-                    // A step this build shares with another build that ran it shows here only as
-                    // BuildKit's error, which quotes the command.
-                    let stage = progress
-                        .failed_stage()
-                        .or_else(|| {
-                            out.text
-                                .lines()
-                                .filter(|l| l.contains("ERROR"))
-                                .find_map(|l| build.stage_of_failed_command(l))
-                                .map(str::to_string)
-                        })
-                        .unwrap_or_else(|| build.stage.clone());
-                    // A failed cache export is a registry problem: say which, and the way out.
-                    if let Some(cache) = &build.exports {
-                        let problem = RegistryProblem::classify(&errors.join("\n"));
-                        if problem != RegistryProblem::Other {
-                            errors.push(format!(
-                                "{}\nnote: with `push-cache = \"best-effort\"` or `--push-cache-only` a failed cache export is a warning",
-                                problem.describe(cache)
-                            ));
-                        }
-                    }
-                    result.outcome = Outcome::Failed(if cancelled.load(Ordering::SeqCst) {
-                        format!(
-                            "the build of stage `{stage}` of package `{}` was stopped",
-                            step.package
-                        )
-                    } else {
-                        format!(
-                            "the build of stage `{stage}` of package `{}` failed: {message}{}\ncommand: {}",
-                            step.package,
-                            errors.iter().map(|e| format!("\n  {e}")).collect::<String>(),
-                            step.to_shell()
-                        )
-                    });
+                // Started early, beside the build it waits for: the pull is done, the build
+                // waits for that one to end (so that it shares no step in flight with it, which
+                // loses the cache keys as the missing pull does).
+                for gate in &context.after {
+                    gate.wait();
                 }
-                result.output = out.text;
-                result.progress = Some(progress);
-                // `ignore-error=true` hides a failed export: look whether the cache is there.
-                if let (Some(cache), true, Outcome::Done) =
-                    (&build.exports, build.export_best_effort, &result.outcome)
-                {
-                    match engine.registry_has(cache) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            result.outcome = Outcome::Warning(format!(
-                                "the registry cache `{cache}` was not written (the export is best-effort)"
-                            ))
+                if cancelled.load(Ordering::SeqCst) {
+                    result.outcome = Outcome::Failed(format!(
+                        "the build of stage `{}` of package `{}` was stopped",
+                        build.stage, step.package
+                    ));
+                } else {
+                    let out = stream(step, tx, running, cancelled);
+                    let mut progress = BuildProgress::default();
+                    out.text.lines().for_each(|l| progress.feed(l));
+                    if let Err(message) = out.result {
+                        let mut errors = progress.errors();
+                        // A step this build shares with another build that ran it shows here only as
+                        // BuildKit's error, which quotes the command.
+                        let stage = progress
+                            .failed_stage()
+                            .or_else(|| {
+                                out.text
+                                    .lines()
+                                    .filter(|l| l.contains("ERROR"))
+                                    .find_map(|l| build.stage_of_failed_command(l))
+                                    .map(str::to_string)
+                            })
+                            .unwrap_or_else(|| build.stage.clone());
+                        // A failed cache export is a registry problem: say which, and the way out.
+                        if let Some(cache) = &build.exports {
+                            let problem = RegistryProblem::classify(&errors.join("\n"));
+                            if problem != RegistryProblem::Other {
+                                errors.push(format!(
+                                    "{}\nnote: with `push-cache = \"best-effort\"` or `--push-cache-only` a failed cache export is a warning",
+                                    problem.describe(cache)
+                                ));
+                            }
                         }
-                        Err(e) => {
-                            result.outcome = Outcome::Warning(format!(
-                                "the registry cache `{cache}` could not be checked: {e}"
-                            ))
+                        result.outcome = Outcome::Failed(if cancelled.load(Ordering::SeqCst) {
+                            format!(
+                                "the build of stage `{stage}` of package `{}` was stopped",
+                                step.package
+                            )
+                        } else {
+                            format!(
+                                "the build of stage `{stage}` of package `{}` failed: {message}{}\ncommand: {}",
+                                step.package,
+                                errors.iter().map(|e| format!("\n  {e}")).collect::<String>(),
+                                step.to_shell()
+                            )
+                        });
+                    }
+                    result.output = out.text;
+                    result.progress = Some(progress);
+                    // `ignore-error=true` hides a failed export: look whether the cache is there.
+                    if let (Some(cache), true, Outcome::Done) =
+                        (&build.exports, build.export_best_effort, &result.outcome)
+                    {
+                        match engine.registry_has(cache) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                result.outcome = Outcome::Warning(format!(
+                                    "the registry cache `{cache}` was not written (the export is best-effort)"
+                                ))
+                            }
+                            Err(e) => {
+                                result.outcome = Outcome::Warning(format!(
+                                    "the registry cache `{cache}` could not be checked: {e}"
+                                ))
+                            }
                         }
                     }
                 }

@@ -14,6 +14,8 @@ pub struct BuildProgress {
 struct Vertex {
     name: String,
     cached: bool,
+    /// `DONE` seen: it finished (a cache hit prints `CACHED` and no `DONE`).
+    done: bool,
     seconds: f64,
     error: Option<String>,
 }
@@ -67,6 +69,7 @@ impl BuildProgress {
             vertex.cached = true;
         } else if let Some(seconds) = text.strip_prefix("DONE ").and_then(|t| t.strip_suffix('s')) {
             vertex.seconds = seconds.parse().unwrap_or(0.0);
+            vertex.done = true;
         } else if let Some(error) = text
             .strip_prefix("ERROR: ")
             .or_else(|| text.strip_prefix("ERROR "))
@@ -88,6 +91,23 @@ impl BuildProgress {
                     name: v.name.clone(),
                     stage,
                     cached: v.cached,
+                    seconds: v.seconds,
+                })
+            })
+            .collect()
+    }
+
+    /// The Dockerfile steps known to have run while the build still goes on: finished, and not
+    /// from a cache. (A step just started may yet print `CACHED`.)
+    pub fn ran_so_far(&self) -> Vec<StepReport> {
+        self.vertices
+            .values()
+            .filter(|v| v.done && !v.cached)
+            .filter_map(|v| {
+                Some(StepReport {
+                    name: v.name.clone(),
+                    stage: dockerfile_step_stage(&v.name)?,
+                    cached: false,
                     seconds: v.seconds,
                 })
             })
@@ -231,6 +251,27 @@ mod tests {
             progress.image_id.as_deref(),
             Some("sha256:c2d64abe68b39f9724b52ed9369240d1f2010eab97764387fc665311a10a1e58")
         );
+    }
+
+    #[test]
+    fn knows_a_step_ran_only_once_it_is_done() {
+        let mut progress = BuildProgress::default();
+        let names = |p: &BuildProgress| -> Vec<String> {
+            p.ran_so_far().into_iter().map(|s| s.name).collect()
+        };
+        // Started: it may yet come from the cache.
+        progress.feed("#9 [compile 3/5] RUN sleep 2");
+        assert!(names(&progress).is_empty());
+        progress.feed("#9 CACHED");
+        assert!(names(&progress).is_empty());
+        progress.feed("#10 [compile 4/5] COPY src ./src");
+        progress.feed("#10 DONE 0.0s");
+        progress.feed("#1 [internal] load build definition from Dockerfile");
+        progress.feed("#1 DONE 0.0s");
+        progress.feed("#11 [compile 5/5] RUN make");
+        progress.feed("#11 0.512 compiling");
+        assert_eq!(names(&progress), ["[compile 4/5] COPY src ./src"]);
+        assert_eq!(progress.ran_so_far()[0].stage.as_deref(), Some("compile"));
     }
 
     #[test]

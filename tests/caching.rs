@@ -645,6 +645,16 @@ fn consecutive_changes_rebuild_only_what_changed_with_inline_cache() {
                 run.stderr
             );
         }
+        // The final build's `COPY src` ran, so the `compile` stage build could not be skipped:
+        // it started then, not after the final build (whose last compile step takes 1 s).
+        let (compile, runtime) = (
+            build_interval(&run, "compile"),
+            build_interval(&run, "runtime"),
+        );
+        assert!(
+            compile.0 < runtime.1,
+            "round {round}: the compile build {compile:?} starts before the final build {runtime:?} ends"
+        );
         next.stop();
     }
 }

@@ -382,13 +382,14 @@ pub fn fresh_packages(plan: &Plan, run: &RunResult) -> Vec<String> {
 }
 
 /// The silent misses of a run: a stage whose own cache was imported, yet none of whose steps
-/// came from it. Nobody notices those until CI is slow again.
+/// came from it, though no stage it needs ran a step (which would explain it). Nobody notices
+/// those until CI is slow again.
 pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
-    // The refs of each stage's own cache, by package and stage.
-    let mut own: BTreeMap<(&str, &str), &[String]> = BTreeMap::new();
+    // Each stage's build (its own cache's refs, the stages it needs), by package and stage.
+    let mut builds: BTreeMap<(&str, &str), &crate::plan::Build> = BTreeMap::new();
     for step in &plan.steps {
         if let Action::Build(b) = &step.action {
-            own.insert((step.package.as_str(), b.stage.as_str()), &b.own);
+            builds.insert((step.package.as_str(), b.stage.as_str()), b);
         }
     }
     let mut warned = Vec::new();
@@ -401,6 +402,12 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
             continue;
         };
         let imported = progress.imported();
+        let ran: std::collections::BTreeSet<String> = progress
+            .steps()
+            .iter()
+            .filter(|s| !s.cached)
+            .map(|s| s.stage_or(&build.stage).to_string())
+            .collect();
         let mut stages: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for s in progress.steps() {
             let entry = stages
@@ -410,10 +417,14 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
             entry.1 += usize::from(s.cached);
         }
         for (stage, (steps, cached)) in stages {
-            let Some(refs) = own.get(&(step.package.as_str(), stage.as_str())) else {
+            let Some(own) = builds.get(&(step.package.as_str(), stage.as_str())) else {
                 continue;
             };
-            let Some(source) = refs.iter().find(|r| {
+            // A stage it needs changed: its steps had to run.
+            if own.chain.iter().any(|c| *c != stage && ran.contains(c)) {
+                continue;
+            }
+            let Some(source) = own.own.iter().find(|r| {
                 imported
                     .iter()
                     .any(|i| i == *r || i.ends_with(&format!("ref={r}")))

@@ -481,6 +481,30 @@ fn a_cache_that_was_imported_yet_missed_is_a_warning() {
             .as_str()
             .unwrap_or("")
             .contains("yet none of its")));
+    agent.stop();
+
+    // A source edit: `compile` runs its last steps, and the runtime stage's one step, which
+    // copies from it, misses for that reason. Not a silent miss: no warning.
+    edit(
+        &manifest.with_file_name("Dockerfile"),
+        "WORKDIR /source",
+        "WORKDIR /src",
+    );
+    edit(
+        &manifest.with_file_name("src").join("main.rs"),
+        "fn main() {",
+        "// edited\nfn main() {",
+    );
+    let agent = tools.engine().unwrap();
+    let run = tool(
+        &tools.cli28,
+        &agent,
+        &["build", "--manifest-path", path, "--message-format", "json"],
+    );
+    run.assert_ok();
+    assert_eq!(run.cached("service", "runtime"), (0, 1), "{}", run.stderr);
+    assert_eq!(run.cached("service", "compile"), (3, 5), "{}", run.stderr);
+    assert!(!run.stderr.contains("warning:"), "{}", run.stderr);
 }
 
 #[test]

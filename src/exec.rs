@@ -358,9 +358,12 @@ pub fn run(
                 if let Action::Build(build) = &step.action {
                     let progress = live.entry(id).or_default();
                     progress.feed(&line);
-                    let ran = ran_stages.entry(step.package.as_str()).or_default();
-                    for s in progress.ran_so_far() {
-                        ran.insert(s.stage_or(&build.stage).to_string());
+                    // Only a `DONE` can tell that a step ran.
+                    if line.contains(" DONE ") {
+                        ran_stages
+                            .entry(step.package.as_str())
+                            .or_default()
+                            .extend(progress.stages_that_ran_so_far(&build.stage));
                     }
                 }
             }
@@ -390,6 +393,7 @@ pub fn run(
                 let step = &plan.steps[step_result.step];
                 let ok = !matches!(step_result.outcome, Outcome::Failed(_));
                 state[step.id] = Some(ok);
+                live.remove(&step.id);
                 if let (Action::Check(check), Outcome::Done) = (&step.action, &step_result.outcome)
                 {
                     current_packages.insert(step.package.as_str(), check.marker.clone());
@@ -397,10 +401,10 @@ pub fn run(
                 if let (Action::Build(build), Some(progress)) =
                     (&step.action, &step_result.progress)
                 {
-                    let ran = ran_stages.entry(step.package.as_str()).or_default();
-                    for s in progress.steps().into_iter().filter(|s| !s.cached) {
-                        ran.insert(s.stage_or(&build.stage).to_string());
-                    }
+                    ran_stages
+                        .entry(step.package.as_str())
+                        .or_default()
+                        .extend(progress.stages_that_ran(&build.stage));
                     report_imports(reporter, progress, &mut reported_imports);
                 }
                 if !quiet[step.id] {

@@ -1,6 +1,6 @@
 //! Reads BuildKit's plain progress output (`--progress=plain`) and docker's push output.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What one build's progress output told.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -114,6 +114,17 @@ impl BuildProgress {
             .collect()
     }
 
+    /// The stages in which a step ran (did not come from a cache), each as
+    /// [`StepReport::stage_or`] `build_stage` names it.
+    pub fn stages_that_ran(&self, build_stage: &str) -> BTreeSet<String> {
+        stages(self.steps().into_iter().filter(|s| !s.cached), build_stage)
+    }
+
+    /// [`Self::stages_that_ran`] while the build goes on: from [`Self::ran_so_far`].
+    pub fn stages_that_ran_so_far(&self, build_stage: &str) -> BTreeSet<String> {
+        stages(self.ran_so_far().into_iter(), build_stage)
+    }
+
     /// How many Dockerfile steps the build had.
     pub fn step_count(&self) -> usize {
         self.steps().len()
@@ -197,6 +208,11 @@ pub fn push_digest(output: &str) -> Option<String> {
     })
 }
 
+/// The stages of `steps`, each as [`StepReport::stage_or`] `build_stage` names it.
+fn stages(steps: impl Iterator<Item = StepReport>, build_stage: &str) -> BTreeSet<String> {
+    steps.map(|s| s.stage_or(build_stage).to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +288,16 @@ mod tests {
         progress.feed("#11 0.512 compiling");
         assert_eq!(names(&progress), ["[compile 4/5] COPY src ./src"]);
         assert_eq!(progress.ran_so_far()[0].stage.as_deref(), Some("compile"));
+        progress.feed("#12 [runtime 1/1] COPY --from=compile /out /out");
+        assert_eq!(
+            progress.stages_that_ran_so_far("x"),
+            BTreeSet::from(["compile".to_string()])
+        );
+        // Once the build ended, a step that did not come from a cache ran.
+        assert_eq!(
+            progress.stages_that_ran("x"),
+            BTreeSet::from(["compile".to_string(), "runtime".to_string()])
+        );
     }
 
     #[test]

@@ -402,12 +402,7 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
             continue;
         };
         let imported = progress.imported();
-        let ran: std::collections::BTreeSet<String> = progress
-            .steps()
-            .iter()
-            .filter(|s| !s.cached)
-            .map(|s| s.stage_or(&build.stage).to_string())
-            .collect();
+        let ran = progress.stages_that_ran(&build.stage);
         let mut stages: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for s in progress.steps() {
             let entry = stages

@@ -152,20 +152,20 @@ impl Walk<'_> {
         if self.members.iter().any(|m| m.manifest_path == manifest) {
             return Some(());
         }
+        let parsed;
         let table = if manifest == self.root_path {
-            self.root.clone()
+            self.root
         } else {
-            let table = parse(manifest)?;
+            parsed = parse(manifest)?;
             // A second root: cargo refuses it.
-            if table.contains_key("workspace") {
+            if parsed.contains_key("workspace") {
                 return None;
             }
-            table
+            &parsed
         };
-        self.members
-            .push(member(manifest, &table, Some(self.root))?);
+        self.members.push(member(manifest, table, Some(self.root))?);
         let root_dir = self.config.root_dir;
-        for dep in path_dependencies(&table, manifest.parent()?, self.root, root_dir)? {
+        for dep in path_dependencies(table, manifest.parent()?, self.root, root_dir)? {
             let dep_manifest = dep.join("Cargo.toml");
             if !dep.starts_with(root_dir) {
                 // Not a member, but cargo reads it to ask where its workspace is.

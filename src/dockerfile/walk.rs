@@ -1,0 +1,656 @@
+//! The walk over a parsed Dockerfile's instructions: stage names, bases, and the references
+//! (`FROM <stage>`, `COPY --from`, `RUN --mount=...,from=`) that make the graph's edges, plus
+//! what a stage reads from outside (images, `ADD` from the network) and its `RUN` commands.
+
+use std::collections::{BTreeMap, HashMap};
+
+use parse_dockerfile::{Dockerfile, Instruction};
+
+use super::args::{expand, global_args};
+use super::graph::find_cycle;
+use super::{collapse_whitespace, DockerfileError, LineIndex, Stage, StageGraph};
+
+/// Validates and lowercases the `AS` names; rejects duplicates, naming both lines.
+pub(super) fn stage_names<'a, 'b: 'a>(
+    froms: impl Iterator<Item = &'a parse_dockerfile::FromInstruction<'b>>,
+    lines: &LineIndex,
+) -> Result<Vec<Option<String>>, DockerfileError> {
+    let mut names = Vec::new();
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    for from in froms {
+        let line = lines.line(from.from.span.start);
+        let Some((_, written)) = &from.as_ else {
+            names.push(None);
+            continue;
+        };
+        let name = written.value.to_lowercase();
+        if !is_stage_name(&name) {
+            return Err(DockerfileError::at(
+                line,
+                format!(
+                    "invalid stage name `{}`: a stage name starts with a letter and holds only \
+                     letters, digits, `-`, `_` and `.`",
+                    written.value
+                ),
+            ));
+        }
+        if let Some(first) = first_seen.get(&name) {
+            return Err(DockerfileError::at(
+                line,
+                format!("duplicate stage name `{name}` (lines {first} and {line})"),
+            ));
+        }
+        first_seen.insert(name.clone(), line);
+        names.push(Some(name));
+    }
+    Ok(names)
+}
+
+/// BuildKit's rule for stage names, `^[a-z][a-z0-9-_.]*$`, applied after lowercasing.
+fn is_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A stage before its `COPY --from` and mount references are resolved.
+struct Partial {
+    name: Option<String>,
+    base: String,
+    base_stage: Option<usize>,
+    platform: Option<String>,
+    line: usize,
+}
+
+/// Whether an `ADD` source is fetched from the network rather than read from the context.
+fn is_remote(source: &str) -> bool {
+    source.contains("://") || source.starts_with("git@")
+}
+
+pub(super) fn build(
+    dockerfile: &Dockerfile<'_>,
+    lines: &LineIndex,
+    build_args: &BTreeMap<String, String>,
+) -> Result<StageGraph, DockerfileError> {
+    let names = stage_names(dockerfile.stages().map(|stage| stage.from), lines)?;
+    let escape = dockerfile
+        .parser_directives
+        .escape
+        .as_ref()
+        .map_or('\\', |e| e.value.value);
+    let vars = global_args(dockerfile, lines, build_args, escape)?;
+
+    // First the stages themselves: `FROM` only sees the stages above it (BuildKit registers a
+    // stage's name after resolving its base), so `FROM node AS node` means the image.
+    let mut partials: Vec<Partial> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (index, (stage, name)) in dockerfile.stages().zip(names).enumerate() {
+        let from = stage.from;
+        let line = lines.line(from.from.span.start);
+        let base = expand(&from.image.value, escape, &vars)
+            .map_err(|e| DockerfileError::at(line, format!("in `{}`: {e}", from.image.value)))?;
+        if base.is_empty() {
+            return Err(DockerfileError::at(
+                line,
+                format!(
+                    "base image `{}` expands to an empty string",
+                    from.image.value
+                ),
+            ));
+        }
+        let mut platform = None;
+        for flag in &from.options {
+            let flag_name = &flag.name.value;
+            if flag_name != "platform" {
+                return Err(DockerfileError::at(
+                    line,
+                    format!("unknown flag `--{flag_name}` on `FROM`"),
+                ));
+            }
+            let Some(value) = &flag.value else {
+                return Err(DockerfileError::at(line, "`--platform` needs a value"));
+            };
+            let value = expand(&value.value, escape, &vars).map_err(|e| {
+                DockerfileError::at(line, format!("in `--platform={}`: {e}", value.value))
+            })?;
+            platform = Some(value);
+        }
+        let base_stage = by_name.get(&base.to_lowercase()).copied();
+        if let Some(name) = &name {
+            by_name.insert(name.clone(), index);
+        }
+        partials.push(Partial {
+            name,
+            base,
+            base_stage,
+            platform,
+            line,
+        });
+    }
+
+    // Then the references, which see every stage, even later ones: BuildKit resolves them
+    // across the whole file, which is how cycles can arise.
+    let count = partials.len();
+    // dep -> line of the first instruction needing it, per stage, to point cycle errors at.
+    let mut edges: Vec<BTreeMap<usize, usize>> = Vec::with_capacity(count);
+    let mut outside: Vec<(Vec<String>, Vec<String>, Vec<String>)> = Vec::with_capacity(count);
+    for (stage, partial) in dockerfile.stages().zip(&partials) {
+        let mut deps = BTreeMap::new();
+        let (mut images, mut remote, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+        if let Some(base) = partial.base_stage {
+            deps.insert(base, partial.line);
+        } else if partial.base != "scratch" {
+            images.push(partial.base.clone());
+        }
+        // ONBUILD instructions run in a later build that uses this image, not in this one.
+        for instruction in stage.instructions {
+            match instruction {
+                Instruction::Copy(copy) => {
+                    let line = lines.line(copy.copy.span.start);
+                    for flag in copy.options.iter().filter(|f| f.name.value == "from") {
+                        let Some(value) = &flag.value else {
+                            return Err(DockerfileError::at(line, "`--from` needs a value"));
+                        };
+                        let from = expand(&value.value, escape, &vars).map_err(|e| {
+                            DockerfileError::at(line, format!("in `--from={}`: {e}", value.value))
+                        })?;
+                        // `--from=` with an empty value copies from the build context.
+                        if from.is_empty() {
+                            continue;
+                        }
+                        match resolve(&from, "--from=", &by_name, count, line)? {
+                            Some(dep) => {
+                                deps.entry(dep).or_insert(line);
+                            }
+                            None => images.push(from),
+                        }
+                    }
+                }
+                Instruction::Add(add) => {
+                    for source in &add.src {
+                        if let parse_dockerfile::Source::Path(path) = source {
+                            if is_remote(&path.value) {
+                                remote.push(path.value.to_string());
+                            }
+                        }
+                    }
+                }
+                Instruction::Run(run) => {
+                    runs.push(collapse_whitespace(&match &run.arguments {
+                        parse_dockerfile::Command::Shell(text) => text.value.to_string(),
+                        parse_dockerfile::Command::Exec(args) => args
+                            .value
+                            .iter()
+                            .map(|a| a.value.as_ref())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        // The enum is non-exhaustive; a form it adds names no command here.
+                        _ => String::new(),
+                    }));
+                    let line = lines.line(run.run.span.start);
+                    for flag in run.options.iter().filter(|f| f.name.value == "mount") {
+                        let Some(value) = &flag.value else {
+                            return Err(DockerfileError::at(line, "`--mount` needs a value"));
+                        };
+                        let mount = expand(&value.value, escape, &vars).map_err(|e| {
+                            DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
+                        })?;
+                        if let Some(from) = mount_from(&mount) {
+                            match resolve(&from, "from=", &by_name, count, line)? {
+                                Some(dep) => {
+                                    deps.entry(dep).or_insert(line);
+                                }
+                                None => images.push(from),
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        edges.push(deps);
+        outside.push((images, remote, runs));
+    }
+
+    let graph = StageGraph {
+        stages: partials
+            .into_iter()
+            .zip(edges.iter().zip(outside))
+            .enumerate()
+            .map(|(index, (p, (deps, (images, remote, runs))))| Stage {
+                index,
+                name: p.name,
+                base: p.base,
+                base_stage: p.base_stage,
+                platform: p.platform,
+                deps: deps.keys().copied().collect(),
+                line: p.line,
+                images,
+                remote,
+                runs,
+            })
+            .collect(),
+    };
+    if let Some(cycle) = find_cycle(&graph) {
+        let first = cycle.first().copied().unwrap_or(0);
+        let second = cycle.get(1).copied().unwrap_or(first);
+        let line = edges.get(first).and_then(|deps| deps.get(&second)).copied();
+        let message = if cycle.len() <= 2 {
+            format!("stage `{}` depends on itself", graph.label(first))
+        } else {
+            let path: Vec<String> = cycle
+                .iter()
+                .map(|&i| format!("`{}`", graph.label(i)))
+                .collect();
+            format!("dependency cycle between stages {}", path.join(" -> "))
+        };
+        return Err(DockerfileError { line, message });
+    }
+    Ok(graph)
+}
+
+/// The stage a `COPY --from` or mount `from=` value names, if it names one; `flag` is what
+/// precedes the value (`--from=`, `from=`), for the error.
+fn resolve(
+    value: &str,
+    flag: &str,
+    by_name: &HashMap<String, usize>,
+    count: usize,
+    line: usize,
+) -> Result<Option<usize>, DockerfileError> {
+    if !is_integer(value) {
+        // Anything that is not a stage name is an image or a named build context.
+        return Ok(by_name.get(&value.to_lowercase()).copied());
+    }
+    match value.parse::<usize>() {
+        Ok(index) if index < count => Ok(Some(index)),
+        _ => {
+            let stages = if count == 1 { "stage" } else { "stages" };
+            let message = format!(
+                "`{flag}{value}` names stage index {value}, but the Dockerfile has {count} {stages}"
+            );
+            Err(DockerfileError::at(line, message))
+        }
+    }
+}
+
+/// `^[+-]?[0-9]+$`: what Go's `strconv.Atoi` takes, so what BuildKit reads as a stage index.
+pub(super) fn is_integer(value: &str) -> bool {
+    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The `from=` of one `--mount` value, unless the mount cannot take one.
+///
+/// The value is comma-separated `key=value` options in CSV quoting, keys case-insensitive.
+pub(super) fn mount_from(mount: &str) -> Option<String> {
+    let mut from = None;
+    let mut tmpfs = false;
+    for field in csv_fields(mount) {
+        let (key, value) = field.split_once('=').unwrap_or((field.as_str(), ""));
+        match key.trim().to_ascii_lowercase().as_str() {
+            "from" => from = Some(value.to_string()),
+            // A tmpfs mount has no source; BuildKit ignores `from` on it.
+            "type" => tmpfs = value.eq_ignore_ascii_case("tmpfs"),
+            _ => {}
+        }
+    }
+    from.filter(|from| !tmpfs && !from.is_empty())
+}
+
+/// Splits on commas outside double quotes; `""` inside quotes is a literal quote (Go's
+/// `encoding/csv`, which BuildKit uses for mount options).
+fn csv_fields(text: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            _ => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dockerfile::test_util::*;
+    use expect_test::expect;
+
+    #[test]
+    fn two_stage_service() {
+        let text = "\
+FROM rust:1.82 AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/service /usr/local/bin/
+CMD [\"service\"]
+";
+        expect![[r#"
+            StageGraph {
+                stages: [
+                    Stage {
+                        index: 0,
+                        name: Some(
+                            "build",
+                        ),
+                        base: "rust:1.82",
+                        base_stage: None,
+                        platform: None,
+                        deps: [],
+                        line: 1,
+                        images: [
+                            "rust:1.82",
+                        ],
+                        remote: [],
+                        runs: [
+                            "cargo build --release",
+                        ],
+                    },
+                    Stage {
+                        index: 1,
+                        name: None,
+                        base: "debian:bookworm-slim",
+                        base_stage: None,
+                        platform: None,
+                        deps: [
+                            0,
+                        ],
+                        line: 6,
+                        images: [
+                            "debian:bookworm-slim",
+                        ],
+                        remote: [],
+                        runs: [],
+                    },
+                ],
+            }
+        "#]]
+        .assert_debug_eq(&graph(text));
+        let g = graph(text);
+        assert_eq!(g.last(), 1);
+        assert_eq!(g.label(0), "build");
+        assert_eq!(g.label(1), "stage-1");
+        assert_eq!(g.ancestors(1), [0]);
+        assert_eq!(g.ancestors(0), Vec::<usize>::new());
+        assert_eq!(g.topo_order(), [0, 1]);
+        assert_eq!(g.levels(), [vec![0], vec![1]]);
+    }
+
+    const FIVE: &str = "\
+FROM rust:1.82 AS base
+RUN cargo install cargo-chef
+
+FROM base AS compile-server
+RUN cargo build -p server
+
+FROM base AS compile-worker
+RUN cargo build -p worker
+
+FROM alpine:3.20 AS tools
+RUN apk add curl
+
+FROM debian:bookworm-slim AS runtime
+COPY --from=tools /usr/bin/curl /usr/bin/
+COPY --from=compile-server /server /usr/local/bin/
+COPY --from=compile-worker /worker /usr/local/bin/
+";
+
+    #[test]
+    fn five_stages() {
+        check(
+            FIVE,
+            expect![[r#"
+                0 Some("base") base="rust:1.82" base_stage=None platform=None deps=[] line=1
+                1 Some("compile-server") base="base" base_stage=Some(0) platform=None deps=[0] line=4
+                2 Some("compile-worker") base="base" base_stage=Some(0) platform=None deps=[0] line=7
+                3 Some("tools") base="alpine:3.20" base_stage=None platform=None deps=[] line=10
+                4 Some("runtime") base="debian:bookworm-slim" base_stage=None platform=None deps=[1, 2, 3] line=13
+            "#]],
+        );
+        let g = graph(FIVE);
+        assert_eq!(g.ancestors(4), [1, 2, 3, 0]);
+        assert_eq!(g.ancestors(1), [0]);
+        assert_eq!(g.ancestors(3), Vec::<usize>::new());
+        assert_eq!(g.topo_order(), [0, 1, 2, 3, 4]);
+        assert_eq!(g.levels(), [vec![0, 3], vec![1, 2], vec![4]]);
+        let mut runtime = g.ancestors(4);
+        runtime.push(4);
+        assert_eq!(g.levels_of(&runtime), [vec![0, 3], vec![1, 2], vec![4]]);
+        // Needs outside the set count as built: without `base`, both compiles start at once.
+        assert_eq!(g.levels_of(&[1, 2, 4]), [vec![1, 2], vec![4]]);
+        assert_eq!(g.levels_of(&[2, 99]), [vec![2]]);
+        assert_eq!(g.find("compile-worker"), Some(2));
+        assert_eq!(g.find("RUNTIME"), Some(4));
+        assert_eq!(g.find("3"), Some(3));
+        assert_eq!(g.find("5"), None);
+        assert_eq!(g.find("nope"), None);
+        assert_eq!(g.find(""), None);
+    }
+
+    #[test]
+    fn unnamed_stages_and_numeric_from() {
+        check(
+            "FROM golang:1.23\nRUN go build -o /app\nFROM alpine\nCOPY --from=0 /app /app\nRUN --mount=type=bind,from=0,target=/x true\n",
+            expect![[r#"
+                0 None base="golang:1.23" base_stage=None platform=None deps=[] line=1
+                1 None base="alpine" base_stage=None platform=None deps=[0] line=3
+            "#]],
+        );
+        let g = graph("FROM a\nFROM b\nFROM c\nCOPY --from=1 / /\n");
+        assert_eq!(g.label(2), "stage-2");
+        assert_eq!(g.stages.get(2).map(|s| s.deps.clone()), Some(vec![1]));
+    }
+
+    #[test]
+    fn keywords_and_names_are_case_insensitive() {
+        check(
+            "from alpine As Builder\nrun true\nFrOm BUILDER aS Final\ncopy --from=bUiLdEr /a /a\n",
+            expect![[r#"
+                0 Some("builder") base="alpine" base_stage=None platform=None deps=[] line=1
+                1 Some("final") base="BUILDER" base_stage=Some(0) platform=None deps=[0] line=3
+            "#]],
+        );
+        let g = graph("FROM alpine AS Builder\n");
+        assert_eq!(g.find("BUILDER"), Some(0));
+        assert_eq!(g.label(0), "builder");
+    }
+
+    #[test]
+    fn from_an_image_of_the_same_name_is_the_image() {
+        check(
+            "FROM node AS node\nFROM node AS app\n",
+            expect![[r#"
+                0 Some("node") base="node" base_stage=None platform=None deps=[] line=1
+                1 Some("app") base="node" base_stage=Some(0) platform=None deps=[0] line=2
+            "#]],
+        );
+    }
+
+    #[test]
+    fn empty_base_is_an_error() {
+        assert_eq!(
+            error("ARG BASE\nFROM alpine\nFROM ${BASE}\n"),
+            "line 3: base image `${BASE}` expands to an empty string"
+        );
+        assert_eq!(
+            error("ARG BASE\nFROM ${BASE:?need-a-base}\n"),
+            "line 2: in `${BASE:?need-a-base}`: `BASE`: need-a-base"
+        );
+        assert_eq!(error("FROM ${BASE\n"), "line 1: in `${BASE`: missing `}`");
+        assert_eq!(
+            error("FROM \"alpine\n"),
+            "line 1: in `\"alpine`: missing closing `\"`"
+        );
+        assert_eq!(error("FROM ${}\n"), "line 1: in `${}`: bad substitution");
+    }
+
+    #[test]
+    fn run_mount_from() {
+        check(
+            "FROM rust AS deps\nFROM rust AS vendored\nFROM alpine AS scratchpad\n\
+             FROM rust AS build\n\
+             RUN --mount=type=cache,target=/root/.cargo \\\n    --mount=target=/deps,FROM=deps \\\n    \
+             --mount=type=bind,source=/v,from=Vendored,target=/v cargo build\n\
+             RUN --mount=type=tmpfs,from=scratchpad,target=/tmp true\n\
+             RUN --mount=type=bind,from=ghcr.io/acme/tools:1,target=/t true\n\
+             RUN --mount=\"type=bind,from=scratchpad\" --network=none true\n",
+            expect![[r#"
+                0 Some("deps") base="rust" base_stage=None platform=None deps=[] line=1
+                1 Some("vendored") base="rust" base_stage=None platform=None deps=[] line=2
+                2 Some("scratchpad") base="alpine" base_stage=None platform=None deps=[] line=3
+                3 Some("build") base="rust" base_stage=None platform=None deps=[0, 1, 2] line=4
+            "#]],
+        );
+        check(
+            "ARG TOOLS=tools\nFROM alpine AS tools\nFROM alpine\nRUN --mount=from=$TOOLS,target=/t true\n",
+            expect![[r#"
+                0 Some("tools") base="alpine" base_stage=None platform=None deps=[] line=2
+                1 None base="alpine" base_stage=None platform=None deps=[0] line=3
+            "#]],
+        );
+    }
+
+    #[test]
+    fn mount_fields() {
+        assert_eq!(
+            mount_from("type=bind,from=x,target=/t"),
+            Some("x".to_string())
+        );
+        assert_eq!(mount_from("Type=TMPFS,from=x"), None);
+        assert_eq!(mount_from("type=cache,target=/t"), None);
+        assert_eq!(mount_from("from=,target=/t"), None);
+        assert_eq!(mount_from("\"from=a,b\",ro"), Some("a,b".to_string()));
+        assert_eq!(csv_fields("a,\"b \"\"c\"\"\",d"), ["a", "b \"c\"", "d"]);
+    }
+
+    #[test]
+    fn backtick_escape_with_continuations() {
+        check(
+            "# escape=`\nARG WIN=mcr.microsoft.com/windows/servercore:ltsc2022\nFROM $WIN `\n  AS build\n\
+             RUN dir C:\\ `\n    && echo done\nFROM `\n  build\nCOPY `\n  --from=build `\n  C:\\app C:\\app\n",
+            expect![[r#"
+                0 Some("build") base="mcr.microsoft.com/windows/servercore:ltsc2022" base_stage=None platform=None deps=[] line=3
+                1 None base="build" base_stage=Some(0) platform=None deps=[0] line=7
+            "#]],
+        );
+        // With the backtick as escape, a backslash is an ordinary character.
+        check(
+            "# escape=`\nFROM alpine AS a\nCOPY --from=a\\ /x /y\n",
+            expect![[r#"
+                0 Some("a") base="alpine" base_stage=None platform=None deps=[] line=2
+            "#]],
+        );
+    }
+
+    #[test]
+    fn directives_and_comments() {
+        check(
+            "\u{feff}# syntax=docker/dockerfile:1\n# check=error=true\n\n# a comment\nFROM alpine \\\n# inside a continuation\n  AS base\nRUN echo \\\n  # also inside\n  done\nFROM base\n",
+            expect![[r#"
+                0 Some("base") base="alpine" base_stage=None platform=None deps=[] line=5
+                1 None base="base" base_stage=Some(0) platform=None deps=[0] line=11
+            "#]],
+        );
+    }
+
+    #[test]
+    fn onbuild_is_ignored() {
+        check(
+            "FROM alpine AS a\nFROM alpine AS b\nONBUILD COPY --from=a / /\n",
+            expect![[r#"
+                0 Some("a") base="alpine" base_stage=None platform=None deps=[] line=1
+                1 Some("b") base="alpine" base_stage=None platform=None deps=[] line=2
+            "#]],
+        );
+    }
+
+    #[test]
+    fn external_images_are_not_deps() {
+        check(
+            "FROM alpine AS a\nCOPY --from=nginx:latest /etc/nginx /x\nCOPY --from=ghcr.io/acme/a:1 / /\n\
+             COPY --from= /ctx /ctx\nCOPY --chown=1:1 --link src dst\nFROM later AS b\nFROM scratch AS later\n",
+            expect![[r#"
+                0 Some("a") base="alpine" base_stage=None platform=None deps=[] line=1
+                1 Some("b") base="later" base_stage=None platform=None deps=[] line=6
+                2 Some("later") base="scratch" base_stage=None platform=None deps=[] line=7
+            "#]],
+        );
+    }
+
+    #[test]
+    fn images_from_outside_and_remote_sources_are_recorded() {
+        let graph = StageGraph::parse(
+            "ARG V=1.82\nFROM rust:${V} AS a\nCOPY --from=nginx:latest /etc/nginx /x\n\
+             RUN --mount=type=bind,from=ghcr.io/acme/tools@sha256:abc,target=/t true\n\
+             ADD https://example.com/a.tgz git@github.com:acme/x.git local.txt /d/\n\
+             FROM a AS b\nCOPY --from=a / /\nFROM scratch\n",
+        )
+        .unwrap();
+        assert_eq!(
+            graph.stages[0].images,
+            ["rust:1.82", "nginx:latest", "ghcr.io/acme/tools@sha256:abc"]
+        );
+        assert_eq!(
+            graph.stages[0].remote,
+            ["https://example.com/a.tgz", "git@github.com:acme/x.git"]
+        );
+        assert!(graph.stages[1].images.is_empty() && graph.stages[2].images.is_empty());
+        assert_eq!(graph.stages[0].runs, ["true"]);
+        let graph = StageGraph::parse(
+            "FROM scratch AS a\nRUN [\"/bin/busybox\", \"--install\", \"-s\"]\nRUN make \\\n  &&  test\n",
+        )
+        .unwrap();
+        assert_eq!(
+            graph.stages[0].runs,
+            ["/bin/busybox --install -s", "make && test"]
+        );
+    }
+
+    #[test]
+    fn stage_index_errors() {
+        assert_eq!(
+            error("FROM alpine\nFROM alpine\nCOPY --from=2 /x /x\n"),
+            "line 3: `--from=2` names stage index 2, but the Dockerfile has 2 stages"
+        );
+        assert_eq!(
+            error("FROM alpine\nCOPY --from=-1 /x /x\n"),
+            "line 2: `--from=-1` names stage index -1, but the Dockerfile has 1 stage"
+        );
+        assert_eq!(
+            error("FROM alpine\nRUN --mount=from=99999999999999999999999 true\n"),
+            "line 2: `from=99999999999999999999999` names stage index 99999999999999999999999, but the Dockerfile has 1 stage"
+        );
+    }
+
+    #[test]
+    fn name_errors() {
+        assert_eq!(
+            error("FROM alpine AS x\nRUN true\nFROM alpine AS y\nFROM alpine AS X\n"),
+            "line 4: duplicate stage name `x` (lines 1 and 4)"
+        );
+        assert_eq!(
+            error("FROM alpine AS x\n\nFROM alpine AS x\n"),
+            "line 3: duplicate stage name `x` (lines 1 and 3)"
+        );
+        assert_eq!(
+            error("FROM alpine AS 1st\n"),
+            "line 1: invalid stage name `1st`: a stage name starts with a letter and holds only letters, digits, `-`, `_` and `.`"
+        );
+        assert!(error("FROM alpine AS a/b\n").starts_with("line 1: invalid stage name `a/b`"));
+        assert!(error("FROM alpine AS ${X}\n").starts_with("line 1: invalid stage name `${X}`"));
+    }
+}

@@ -132,11 +132,3 @@ pub enum MessageFormat {
     /// JSON events, one a line, on stdout.
     Json,
 }
-
-impl Docker {
-    /// Runs the command. Errors carry what went wrong and which package, stage or key caused it;
-    /// [`crate::exit_code`] tells the exit code a program should end with.
-    pub fn run(self) -> anyhow::Result<()> {
-        crate::workspace::run(self)
-    }
-}

@@ -38,7 +38,7 @@ pub struct Contexts(BTreeMap<(PathBuf, Vec<u8>), Result<Vec<u8>, Unknowable>>);
 pub fn sources(package: &Package, contexts: &mut Contexts) -> Result<String, Unknowable> {
     let config = &package.config;
     for stage in &package.graph.stages {
-        let label = package.graph.label(stage.index);
+        let label = package.graph.name(stage.index);
         if let Some(image) = stage.images.iter().find(|i| !i.contains("@sha256:")) {
             return Err(Unknowable(format!(
                 "stage `{label}` reads `{image}`, which is not pinned by digest (`@sha256:...`)"

@@ -79,7 +79,7 @@ impl Layout {
                 if kind == Kind::Unused {
                     notes.push("unused".to_string());
                 }
-                let mut label = graph.label(i);
+                let mut label = graph.name(i);
                 if !notes.is_empty() {
                     let _ = write!(label, " ({})", notes.join(", "));
                 }
@@ -117,7 +117,7 @@ impl Layout {
 
     /// The title of a wave of 2+ stages: their bare names, which the node labels repeat.
     fn parallel_title(&self, package: &Package, wave: &[usize]) -> String {
-        let names: Vec<String> = wave.iter().map(|&s| package.graph.label(s)).collect();
+        let names: Vec<String> = wave.iter().map(|&s| package.graph.name(s)).collect();
         format!("parallel: {}", names.join(", "))
     }
 }

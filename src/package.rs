@@ -35,7 +35,7 @@ impl Package {
             })?;
         let stage_names = || {
             let names: Vec<String> = (0..graph.stages.len())
-                .map(|i| format!("`{}`", graph.label(i)))
+                .map(|i| format!("`{}`", graph.name(i)))
                 .collect();
             names.join(", ")
         };
@@ -59,14 +59,11 @@ impl Package {
                 )
             })?;
             if cached.insert(stage, tag.clone()).is_some() {
-                bail!(
-                    "key `stages`: stage `{}` is named twice",
-                    graph.label(stage)
-                );
+                bail!("key `stages`: stage `{}` is named twice", graph.name(stage));
             }
         }
         if let std::collections::btree_map::Entry::Vacant(entry) = cached.entry(target) {
-            let tag = Template::parse(&graph.label(target), Placeholder::FOR_CACHE_TAGS)
+            let tag = Template::parse(&graph.name(target), Placeholder::FOR_CACHE_TAGS)
                 .map_err(|e| anyhow::anyhow!("the final stage's cache tag: {e}"))?;
             entry.insert(tag);
         }

@@ -280,8 +280,34 @@ fn fnv1a_64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Whether `image` lives on a registry that engines treat as insecure (plain HTTP) by default: a
+/// host on loopback.
+pub fn is_loopback_registry(image: &str) -> bool {
+    let domain = image.split('/').next().unwrap_or("");
+    if !image.contains('/') {
+        return false;
+    }
+    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h);
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn knows_loopback_registries() {
+        use super::is_loopback_registry;
+        assert!(is_loopback_registry("127.0.0.1:5000/a:b"));
+        assert!(is_loopback_registry("localhost:5000/a:b"));
+        assert!(is_loopback_registry("localhost/a:b"));
+        assert!(!is_loopback_registry("ghcr.io/acme/a:b"));
+        assert!(!is_loopback_registry("localhost:latest"));
+        assert!(!is_loopback_registry("127.example.com/a:b"));
+    }
+
     use super::*;
 
     #[test]

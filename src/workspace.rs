@@ -6,19 +6,28 @@ use std::process::{Child, Stdio};
 
 use anyhow::{bail, Context};
 
-use crate::cli::{BuildArgs, CheckArgs, Color, Command, MessageFormat, SelectArgs};
+use crate::cli::{BuildArgs, CheckArgs, Color, Command, MessageFormat, PullCache, SelectArgs};
 use crate::config::{CacheMode, Origin, RawConfig};
 use crate::failure::Failure;
 use crate::labels::LabelSource;
 use crate::manifest::{self, Workspace};
 use crate::package::Package;
 use crate::plan::{Input, Push};
+use crate::report::message::{BuildFinished, PlanMessage};
 use crate::report::{Reporter, Verbosity};
 use crate::template::Vars;
 use crate::{engine, exec, git, graph, plan, report, Docker};
 
+impl Docker {
+    /// Runs the command. Errors carry what went wrong and which package, stage or key caused it;
+    /// [`crate::exit_code`] tells the exit code a program should end with.
+    pub fn run(self) -> anyhow::Result<()> {
+        run(self)
+    }
+}
+
 /// Runs a parsed `docker` command.
-pub fn run(docker: Docker) -> anyhow::Result<()> {
+fn run(docker: Docker) -> anyhow::Result<()> {
     let verbosity = if docker.quiet {
         Verbosity::Quiet
     } else if docker.verbose {
@@ -37,7 +46,7 @@ pub fn run(docker: Docker) -> anyhow::Result<()> {
                 Reporter::new(args.message_format == MessageFormat::Json, verbosity, color);
             build(&args, &reporter)
         }
-        Command::Check(args) => check(&args),
+        Command::Check(args) => check(&args, &Reporter::new(false, verbosity, color)),
     }
 }
 
@@ -213,13 +222,14 @@ fn vars(package: &Package, branch: &Option<String>, head: Option<&git::Head>) ->
     }
 }
 
-fn check(args: &CheckArgs) -> anyhow::Result<()> {
+fn check(args: &CheckArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let packages = load(&args.select).map_err(Failure::config)?;
     for package in packages {
-        match args.graph {
-            Some(format) => println!("{}", graph::render(&package, format)),
-            None => println!("{}", describe(&package)),
-        }
+        let text = match args.graph {
+            Some(format) => graph::render(&package, format),
+            None => describe(&package),
+        };
+        reporter.stdout(&format!("{text}\n"));
     }
     Ok(())
 }
@@ -233,7 +243,7 @@ pub fn describe(package: &Package) -> String {
         package.config.dockerfile.display()
     );
     for stage in &graph.stages {
-        let needs: Vec<String> = stage.deps.iter().map(|&d| graph.label(d)).collect();
+        let needs: Vec<String> = stage.deps.iter().map(|&d| graph.name(d)).collect();
         let mut marks = Vec::new();
         if package.config.cache == CacheMode::Inline {
             if let Some(tag) = package.cached.get(&stage.index) {
@@ -245,7 +255,7 @@ pub fn describe(package: &Package) -> String {
         }
         out.push_str(&format!(
             "  {}{}{}\n",
-            graph.label(stage.index),
+            graph.name(stage.index),
             if needs.is_empty() {
                 String::new()
             } else {
@@ -320,7 +330,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let options = plan::Options {
         docker: engine::docker_program(),
         push,
-        pull_cache: args.pull_cache,
+        pull_first: args.pull_cache == PullCache::Always,
         builder: args.builder.clone(),
         load: args.load,
         no_cache: args.no_cache,
@@ -384,7 +394,7 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     // Only JSON output reads the event, and building it costs as much as planning (a JSON
     // value of every step's argv, made and dropped on every dry run otherwise).
     if args.message_format == MessageFormat::Json {
-        reporter.event(report::plan_event(&plan));
+        reporter.event(&PlanMessage::new(&plan));
     }
     if args.dry_run {
         reporter.stdout(&plan.to_shell());
@@ -406,26 +416,37 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
             && push != Push::Nothing,
         multi_platform: inputs.iter().any(|i| i.package.config.platforms.len() > 1),
         builder: options.builder.clone(),
+        local_tags: plan.steps.iter().any(|s| match &s.action {
+            plan::Action::Build(b) => b.skip_if_current,
+            plan::Action::Push(p) => p.skip_if_current,
+            _ => false,
+        }),
     };
-    let prefetch = exec::prefetch(&plan, &options.docker);
-    let engine = engine::preflight(&options.docker, &needs).map_err(Failure::engine)?;
-    let run = exec::run(
+    // From here on a signal ends every command of the run, the registry's questions that go
+    // out during the preflight included.
+    let mut session = exec::Session::new();
+    session.prefetch(&plan);
+    let engine = engine::preflight(&options.docker, &needs, session.processes());
+    if let Some(signal) = session.interrupted() {
+        return Err(Failure::signal(signal));
+    }
+    let engine = engine.map_err(Failure::engine)?;
+    let run = session.run(
         &plan,
-        &engine,
         exec::ExecOptions {
             jobs: usize::from(args.jobs),
         },
+        engine.local_tags,
         reporter,
-        prefetch,
     );
     let reports = report::stage_reports(&plan, &run);
     for warning in report::silent_misses(&plan, &run) {
         reporter.warning(&warning);
     }
-    eprint!("{}", report::summary(&reports));
+    reporter.stderr(&report::summary(&reports));
     let success = run.failure().is_none() && run.interrupted.is_none();
-    let fresh = report::fresh_packages(&plan, &run);
-    reporter.event(report::finished_event(
+    let fresh = report::fresh_packages(&run);
+    reporter.event(&BuildFinished::new(
         success,
         started.elapsed().as_secs_f64(),
         &reports,

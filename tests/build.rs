@@ -229,26 +229,33 @@ fn dry_run_prints_the_plan_and_needs_no_engine() {
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
         lines.len(),
-        1 + 2 + 2 + 2 + 1,
-        "the registry check, two builds, two cache pushes, two final tags, the marker:\n{stdout}"
+        5 + 2 + 1 + 2 + 2 + 1,
+        "five questions to the registry (the marker, two final tags, two cache tags), two builds, the pull before a stage rebuild, two cache pushes, two final tags, the marker:\n{stdout}"
     );
     assert!(
         lines[0].starts_with(
-            "/nonexistent/docker manifest inspect 127.0.0.1:5000/acme/service:inputs-"
+            "/nonexistent/docker manifest inspect -v --insecure 127.0.0.1:5000/acme/service:inputs-"
         ),
+        "{stdout}"
+    );
+    assert!(
+        lines[..5].iter().all(|l| l.contains(" manifest inspect ")),
         "{stdout}"
     );
     // The final target first; the intermediate stage after it, to tag and push its cache.
     assert!(
-        lines[1].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
+        lines[5].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
         "{stdout}"
     );
     assert!(
-        lines[7].starts_with("/nonexistent/docker push 127.0.0.1:5000/acme/service:inputs-"),
+        lines[6].starts_with(
+            "/nonexistent/docker pull 127.0.0.1:5000/acme/service:compile  # only when"
+        ),
         "{stdout}"
     );
+    assert!(lines[7].contains("--target compile"), "{stdout}");
     assert!(
-        lines.iter().any(|l| l.contains("--target compile")),
+        lines[12].starts_with("/nonexistent/docker push 127.0.0.1:5000/acme/service:inputs-"),
         "{stdout}"
     );
 }
@@ -334,22 +341,54 @@ fn the_plan_event_lists_every_step_with_its_argv() {
     let plan: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(plan["reason"], "plan");
     let steps = plan["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 8);
-    assert_eq!(steps[0]["kind"], "check");
-    assert_eq!(steps[7]["kind"], "mark");
-    assert_eq!(steps[1]["kind"], "build");
-    assert_eq!(steps[1]["detail"]["final"], true);
-    assert_eq!(steps[1]["env"]["DOCKER_BUILDKIT"], "1");
-    assert_eq!(steps[1]["args"][0], "build");
-    assert_eq!(steps[1]["after"], serde_json::json!([0]));
-    let compile = steps
-        .iter()
-        .find(|s| s["stage"] == "compile" && s["kind"] == "build")
-        .unwrap();
-    assert_eq!(compile["detail"]["skipped_when_current"], true);
+    assert_eq!(steps.len(), 13);
+    assert_eq!(steps[0]["kind"], "inspect");
+    assert_eq!(steps[0]["detail"]["role"], "marker");
+    assert_eq!(steps[12]["kind"], "mark");
+    let id = |kind: &str, stage: &str| -> u64 {
+        steps
+            .iter()
+            .find(|s| {
+                s["kind"] == kind
+                    && (s["stage"] == stage
+                        || s["detail"]["image"]
+                            .as_str()
+                            .is_some_and(|i| i.ends_with(&format!(":{stage}"))))
+            })
+            .unwrap_or_else(|| panic!("no {kind} of {stage}"))["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let runtime = &steps[id("build", "runtime") as usize];
+    assert_eq!(runtime["detail"]["final"], true);
+    assert_eq!(runtime["env"]["DOCKER_BUILDKIT"], "1");
+    assert_eq!(runtime["args"][0], "build");
     assert_eq!(
-        compile["after"],
-        serde_json::json!([0, 1]),
-        "the stage build waits for the check and the final build"
+        runtime["after"],
+        serde_json::json!([0, 1, 2]),
+        "the final build waits for the registry check's questions"
+    );
+    let compile = &steps[id("build", "compile") as usize];
+    assert_eq!(compile["detail"]["skipped_when_current"], true);
+    let after: Vec<u64> = compile["after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_u64().unwrap())
+        .collect();
+    for waited in [
+        0,
+        id("build", "runtime"),
+        id("inspect", "compile"),
+        id("pull", "compile"),
+    ] {
+        assert!(
+            after.contains(&waited),
+            "the stage build waits for the check, the final build, its cache's question and its pull: {after:?}"
+        );
+    }
+    assert_eq!(
+        steps[id("pull", "compile") as usize]["detail"]["when"],
+        "before-rebuild"
     );
 }

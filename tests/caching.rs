@@ -359,7 +359,8 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
         .unwrap();
     let third = tools.modern_engine().unwrap();
     let run = ok(tool(&tools.cli28, &third, &args));
-    assert_eq!(kinds_done(&run), ["check"], "{}", run.stderr);
+    assert_eq!(kinds_done(&run), Vec::<String>::new(), "{}", run.stderr);
+    assert!(found_fresh(&run, "five-stage"), "{}", run.stderr);
     assert_eq!(
         registry
             .manifest_digest("acme/five-stage", "latest")
@@ -368,11 +369,28 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
     );
 }
 
-/// The kinds of the steps that did something (`outcome: done`), in the order they ended.
+/// Whether the run's registry check found `package`'s very build in the registry.
+fn found_fresh(run: &Run, package: &str) -> bool {
+    support::events(run)
+        .iter()
+        .any(|e| e["reason"] == "registry-check" && e["package"] == package && e["fresh"] == true)
+}
+
+/// Whether the run asked the registry for a build of its inputs at all.
+fn checked(run: &Run) -> bool {
+    support::events(run)
+        .iter()
+        .any(|e| e["reason"] == "registry-check")
+}
+
+/// The kinds of the steps that did something (`outcome: done`) other than asking the registry,
+/// in the order they ended.
 fn kinds_done(run: &Run) -> Vec<String> {
     support::events(run)
         .iter()
-        .filter(|e| e["reason"] == "step-finished" && e["outcome"] == "done")
+        .filter(|e| {
+            e["reason"] == "step-finished" && e["outcome"] == "done" && e["kind"] != "inspect"
+        })
         .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
         .collect()
 }
@@ -430,7 +448,8 @@ fn a_fresh_agent_finds_the_same_build_in_the_registry_and_does_nothing() {
     std::fs::write(context.join("notes/todo.txt"), "two").unwrap();
     let second = tools.engine().unwrap();
     let run = ok(tool(&tools.cli20, &second, &args));
-    assert_eq!(kinds_done(&run), ["check"], "{}", run.stderr);
+    assert_eq!(kinds_done(&run), Vec::<String>::new(), "{}", run.stderr);
+    assert!(found_fresh(&run, "service"), "{}", run.stderr);
     assert!(
         run.stderr.contains("the registry holds this build"),
         "{}",
@@ -516,7 +535,7 @@ fn a_fresh_agent_finds_the_same_build_in_the_registry_and_does_nothing() {
     let mut rebuild = args.to_vec();
     rebuild.push("--rebuild");
     let run = ok(tool(&tools.cli20, &agent, &rebuild));
-    assert!(!kinds_done(&run).contains(&"check".to_string()));
+    assert!(!checked(&run), "{}", run.stderr);
     assert!(!stage_counts(&run).is_empty());
 }
 
@@ -646,14 +665,21 @@ fn consecutive_changes_rebuild_only_what_changed_with_inline_cache() {
             );
         }
         // The final build's `COPY src` ran, so the `compile` stage build could not be skipped:
-        // it started then, not after the final build (whose last compile step takes 1 s).
-        let (compile, runtime) = (
-            build_interval(&run, "compile"),
-            build_interval(&run, "runtime"),
-        );
+        // the pull of its old image started then, before the final build (whose last compile
+        // step takes 1 s) ended. The events tell it by their order: a build's output reaches
+        // the scheduler before its end does.
+        let events = support::events(&run);
+        let position = |reason: &str, kind: &str, stage: &str| {
+            events
+                .iter()
+                .position(|e| e["reason"] == reason && e["kind"] == kind && e["stage"] == stage)
+                .unwrap_or_else(|| panic!("no {reason} of a {kind} of {stage}\n{}", run.stderr))
+        };
         assert!(
-            compile.0 < runtime.1,
-            "round {round}: the compile build {compile:?} starts before the final build {runtime:?} ends"
+            position("step-started", "pull", "compile")
+                < position("step-finished", "build", "runtime"),
+            "round {round}: the pull before the compile build starts while the final build goes on\n{}",
+            run.stderr
         );
         next.stop();
     }

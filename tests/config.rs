@@ -69,13 +69,13 @@ fn a_valid_table_loads_with_defaults() {
             .collect::<Vec<_>>(),
         ["latest"]
     );
-    assert_eq!(package.graph.label(package.target), "runtime");
+    assert_eq!(package.graph.name(package.target), "runtime");
     assert_eq!(package.config.dockerfile, dir.join("Dockerfile"));
     // The final target is cached under its own name.
     let cached: Vec<(String, String)> = package
         .cached
         .iter()
-        .map(|(s, t)| (package.graph.label(*s), t.to_string()))
+        .map(|(s, t)| (package.graph.name(*s), t.to_string()))
         .collect();
     assert_eq!(
         cached,

@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(empty.last(), 0);
         assert_eq!(empty.topo_order(), Vec::<usize>::new());
         assert_eq!(empty.levels(), Vec::<Vec<usize>>::new());
-        assert_eq!(empty.label(3), "stage-3");
+        assert_eq!(empty.name(3), "stage-3");
     }
 
     #[test]

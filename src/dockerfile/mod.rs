@@ -159,8 +159,9 @@ impl StageGraph {
         self.stages.len().saturating_sub(1)
     }
 
-    /// Display name: the name, or `stage-N` for unnamed ones (BuildKit's own label).
-    pub fn label(&self, index: usize) -> String {
+    /// The stage's name: its `AS` name, or `stage-N` for an unnamed one (BuildKit's own name
+    /// for it in progress output).
+    pub fn name(&self, index: usize) -> String {
         match self.stages.get(index).and_then(|stage| stage.name.as_ref()) {
             Some(name) => name.clone(),
             None => format!("stage-{index}"),

@@ -237,11 +237,11 @@ pub(super) fn build(
         let second = cycle.get(1).copied().unwrap_or(first);
         let line = edges.get(first).and_then(|deps| deps.get(&second)).copied();
         let message = if cycle.len() <= 2 {
-            format!("stage `{}` depends on itself", graph.label(first))
+            format!("stage `{}` depends on itself", graph.name(first))
         } else {
             let path: Vec<String> = cycle
                 .iter()
-                .map(|&i| format!("`{}`", graph.label(i)))
+                .map(|&i| format!("`{}`", graph.name(i)))
                 .collect();
             format!("dependency cycle between stages {}", path.join(" -> "))
         };
@@ -382,8 +382,8 @@ CMD [\"service\"]
         .assert_debug_eq(&graph(text));
         let g = graph(text);
         assert_eq!(g.last(), 1);
-        assert_eq!(g.label(0), "build");
-        assert_eq!(g.label(1), "stage-1");
+        assert_eq!(g.name(0), "build");
+        assert_eq!(g.name(1), "stage-1");
         assert_eq!(g.ancestors(1), [0]);
         assert_eq!(g.ancestors(0), Vec::<usize>::new());
         assert_eq!(g.topo_order(), [0, 1]);
@@ -451,7 +451,7 @@ COPY --from=compile-worker /worker /usr/local/bin/
             "#]],
         );
         let g = graph("FROM a\nFROM b\nFROM c\nCOPY --from=1 / /\n");
-        assert_eq!(g.label(2), "stage-2");
+        assert_eq!(g.name(2), "stage-2");
         assert_eq!(g.stages.get(2).map(|s| s.deps.clone()), Some(vec![1]));
     }
 
@@ -466,7 +466,7 @@ COPY --from=compile-worker /worker /usr/local/bin/
         );
         let g = graph("FROM alpine AS Builder\n");
         assert_eq!(g.find("BUILDER"), Some(0));
-        assert_eq!(g.label(0), "builder");
+        assert_eq!(g.name(0), "builder");
     }
 
     #[test]

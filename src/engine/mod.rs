@@ -1,10 +1,13 @@
-//! What the docker CLI and its daemon can do: the preflight before any work, and the small
-//! probes the executor asks.
+//! What the docker CLI and its daemon can do: the preflight before any work, what the engine
+//! holds, how to read the registry's answers, and ([`process`]) how every command runs.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Output;
 use std::time::Duration;
+
+pub mod process;
+
+use process::Processes;
 
 use anyhow::bail;
 
@@ -27,6 +30,10 @@ pub struct Engine {
     pub server_version: String,
     /// Whether the buildx plugin answers.
     pub buildx: bool,
+    /// Every `repository:tag` the engine held before the run, when the plan asked (a build that
+    /// ran no step on an engine that did not hold its tag got everything from the registry's
+    /// caches); `None` when not asked or not known, which leaves nothing current.
+    pub local_tags: Option<BTreeSet<String>>,
 }
 
 /// What the plan asks of the engine, checked before any work.
@@ -40,15 +47,17 @@ pub struct Needs {
     pub multi_platform: bool,
     /// The builder named with `--builder`.
     pub builder: Option<String>,
+    /// The tags the engine holds before the run (where a step may turn out current).
+    pub local_tags: bool,
 }
 
 /// How long a probe may take: a daemon that does not answer in this time is not usable.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Checks, before any work, that `docker` is the Docker CLI, can do BuildKit builds, reaches
 /// its daemon, and can do what the plan `needs`; says what to do instead where it cannot. The
 /// probes run at once: on a CI agent their round trips are the tool's own start-up cost.
-pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
+pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::Result<Engine> {
     let mut inspect = vec!["buildx", "inspect"];
     if let Some(builder) = &needs.builder {
         inspect.push(builder);
@@ -60,14 +69,19 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
         &["buildx", "version"],
         &["version", "--format", "{{.Server.Version}}"],
         if capability { info } else { &[] },
+        if needs.local_tags {
+            &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]
+        } else {
+            &[]
+        },
     ];
-    let mut results = probe_all(docker, &probes).into_iter();
+    let mut results = probe_all(docker, &probes, processes).into_iter();
     let mut next = || {
         results
             .next()
             .unwrap_or_else(|| Err(std::io::Error::other("no probe")))
     };
-    let (version, buildx, server, info) = (next(), next(), next(), next());
+    let (version, buildx, server, info, local) = (next(), next(), next(), next(), next());
 
     let output = match version {
         Ok(output) => output,
@@ -125,7 +139,7 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
     let containerd_store = info
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("io.containerd.snapshotter"));
     if capability && !containerd_store {
-        let out = probe(docker, &inspect)?;
+        let out = processes.capture(docker, &inspect, PROBE_TIMEOUT)?;
         if !out.status.success() {
             bail!(
                 "`{docker} {}` failed: {}",
@@ -150,16 +164,27 @@ pub fn preflight(docker: &str, needs: &Needs) -> anyhow::Result<Engine> {
             );
         }
     }
+    let local_tags = local.ok().filter(|o| o.status.success()).map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    });
     Ok(Engine {
         docker: docker.to_string(),
         client_version,
         server_version,
         buildx,
+        local_tags,
     })
 }
 
 /// Runs every probe at once; an empty argv is no probe (an error in its place).
-fn probe_all(docker: &str, probes: &[&[&str]]) -> Vec<std::io::Result<Output>> {
+fn probe_all(
+    docker: &str,
+    probes: &[&[&str]],
+    processes: &Processes,
+) -> Vec<std::io::Result<Output>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = probes
             .iter()
@@ -168,7 +193,7 @@ fn probe_all(docker: &str, probes: &[&[&str]]) -> Vec<std::io::Result<Output>> {
                     if args.is_empty() {
                         Err(std::io::Error::other("not asked"))
                     } else {
-                        probe(docker, args)
+                        processes.capture(docker, args, PROBE_TIMEOUT)
                     }
                 })
             })
@@ -183,47 +208,25 @@ fn probe_all(docker: &str, probes: &[&[&str]]) -> Vec<std::io::Result<Output>> {
     })
 }
 
-impl Engine {
-    /// Every `repository:tag` the engine holds.
-    pub fn local_tags(&self) -> anyhow::Result<Vec<String>> {
-        let out = probe(
-            &self.docker,
-            &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
-        )?;
-        if !out.status.success() {
-            bail!(
-                "`{} image ls` failed: {}",
-                self.docker,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
-    }
+/// What the registry said of an image: the image manifests it stands for, if it holds it; the
+/// error is the CLI's message.
+pub type Answer = Result<Option<BTreeSet<String>>, String>;
 
-    /// Whether the registry holds `image`; the error is the CLI's message.
-    pub fn registry_has(&self, image: &str) -> Result<bool, String> {
-        inspect(&self.docker, image, false).map(|m| m.is_some())
+/// Reads what `docker manifest inspect -v IMAGE` printed and how it ended: the digests of the
+/// image manifests `image` stands for, its own if it is one, those listed if it is an index
+/// (attestations included). Two tags with the same set hold the same image, whether one is a
+/// copy of the other or an index that `buildx imagetools create` made around it. `None` if the
+/// registry holds no `image`.
+pub fn read_inspect(image: &str, output: &std::io::Result<Output>) -> Answer {
+    let out = output.as_ref().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return match crate::diagnose::RegistryProblem::classify(&message) {
+            crate::diagnose::RegistryProblem::NotFound => Ok(None),
+            _ => Err(message),
+        };
     }
-
-    /// The digests of the image manifests `image` stands for (see [`image_manifests`]).
-    pub fn image_manifests(&self, image: &str) -> Result<Option<BTreeSet<String>>, String> {
-        image_manifests(&self.docker, image)
-    }
-}
-
-/// The digests of the image manifests `image` stands for: its own if it is one, those listed if
-/// it is an index (attestations included). Two tags with the same set hold the same image,
-/// whether one is a copy of the other or an index that `buildx imagetools create` made around
-/// it. `None` if the registry holds no `image`; the error is the CLI's message. It needs the
-/// registry and the CLI only, not the daemon, so it may be asked before the preflight.
-pub fn image_manifests(docker: &str, image: &str) -> Result<Option<BTreeSet<String>>, String> {
-    let Some(text) = inspect(docker, image, true)? else {
-        return Ok(None);
-    };
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("`docker manifest inspect -v {image}` printed no JSON: {e}"))?;
     let entries = match value {
         serde_json::Value::Array(entries) => entries,
@@ -239,86 +242,4 @@ pub fn image_manifests(docker: &str, image: &str) -> Result<Option<BTreeSet<Stri
         ));
     }
     Ok(Some(digests))
-}
-
-/// What `docker manifest inspect [-v]` prints for `image`, or `None` if the registry holds none;
-/// the error is the CLI's message.
-fn inspect(docker: &str, image: &str, verbose: bool) -> Result<Option<String>, String> {
-    let mut args = vec!["manifest", "inspect"];
-    if verbose {
-        args.push("-v");
-    }
-    // The CLI, unlike the daemon, speaks HTTPS even to a registry on loopback.
-    if is_loopback_registry(image) {
-        args.push("--insecure");
-    }
-    args.push(image);
-    let out = probe(docker, &args).map_err(|e| e.to_string())?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    match crate::diagnose::RegistryProblem::classify(&message) {
-        crate::diagnose::RegistryProblem::NotFound => Ok(None),
-        _ => Err(message),
-    }
-}
-
-/// Whether `image` lives on a registry that engines treat as insecure (plain HTTP) by default.
-pub fn is_loopback_registry(image: &str) -> bool {
-    let domain = image.split('/').next().unwrap_or("");
-    if !image.contains('/') {
-        return false;
-    }
-    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h);
-    host == "localhost"
-        || host == "[::1]"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Runs `docker ARGS` to completion with a time limit, capturing its output.
-fn probe(docker: &str, args: &[&str]) -> std::io::Result<Output> {
-    let child = Command::new(docker)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(PROBE_TIMEOUT) {
-        Ok(result) => result,
-        Err(_) => {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "`{docker} {}` did not answer within {}s",
-                    args.join(" "),
-                    PROBE_TIMEOUT.as_secs()
-                ),
-            ))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn knows_loopback_registries() {
-        assert!(is_loopback_registry("127.0.0.1:5000/a:b"));
-        assert!(is_loopback_registry("localhost:5000/a:b"));
-        assert!(is_loopback_registry("localhost/a:b"));
-        assert!(!is_loopback_registry("ghcr.io/acme/a:b"));
-        assert!(!is_loopback_registry("localhost:latest"));
-        assert!(!is_loopback_registry("127.example.com/a:b"));
-    }
 }

@@ -1,0 +1,309 @@
+//! The executor's decisions, as pure functions of what the run has learned so far: whether a
+//! package's build is in the registry, whether a step is current and skipped, and whether a
+//! step may start before a step it waits for in the plan has ended.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::engine::Answer;
+use crate::plan::{Action, Build, Plan, PullWhen, PushTag, Role, Step};
+
+use super::result::Verdict;
+
+/// What the run has learned so far; every decision reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Knowledge {
+    /// Per package, the stages in which a step ran: from builds' output as it comes, then from
+    /// each build's whole output once it ended. It only grows.
+    pub ran: BTreeMap<String, BTreeSet<String>>,
+    /// The registry's answers, by image.
+    pub registry: BTreeMap<String, Answer>,
+    /// The tags the engine held before the run; `None` when unknown, which leaves nothing
+    /// current.
+    pub local_tags: Option<BTreeSet<String>>,
+    /// The packages whose build the registry holds: package -> marker tag.
+    pub fresh: BTreeMap<String, String>,
+}
+
+impl Knowledge {
+    /// Whether a step of one of `chain`'s stages ran in `package` so far.
+    fn chain_ran(&self, package: &str, chain: &[String]) -> bool {
+        self.ran
+            .get(package)
+            .is_some_and(|ran| chain.iter().any(|c| ran.contains(c)))
+    }
+
+    /// Whether the registry holds `image`: `None` when it was not asked or did not answer.
+    fn in_registry(&self, image: &str) -> Option<bool> {
+        match self.registry.get(image) {
+            Some(Ok(held)) => Some(held.is_some()),
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// Whether the engine may have held `image` before the run (when unknown, it may have).
+    fn held_locally(&self, image: &str) -> bool {
+        self.local_tags
+            .as_ref()
+            .is_none_or(|tags| tags.contains(image))
+    }
+
+    /// The "current" rule: an image that nothing in this run changed (no step of `chain` ran),
+    /// that the registry holds, on an engine that did not hold it before the run (so the
+    /// steps that were not run came from the registry's caches, and the registry's image has
+    /// them all). Re-pushing such an image would only lose cache keys (moby/buildkit#1981).
+    pub fn is_current(&self, package: &str, chain: &[String], image: &str) -> bool {
+        !self.chain_ran(package, chain)
+            && !self.held_locally(image)
+            && self.in_registry(image) == Some(true)
+    }
+}
+
+/// Whether a ready step runs, or is skipped and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// It runs.
+    Run,
+    /// It is skipped, for the reason given.
+    Skip(String),
+}
+
+/// Whether `step`, whose awaited steps are done (or may be passed), runs or is skipped.
+pub(crate) fn start(step: &Step, known: &Knowledge) -> Start {
+    let package = step.package.as_str();
+    if let Some(marker) = known.fresh.get(package) {
+        if !step.is_question() {
+            return Start::Skip(format!("the registry holds this build as `{marker}`"));
+        }
+    }
+    match &step.action {
+        Action::Build(Build {
+            skip_if_current: true,
+            writes: Some(image),
+            chain,
+            ..
+        }) if known.is_current(package, chain, image) => {
+            Start::Skip("nothing in it ran, and the registry holds its cache".into())
+        }
+        Action::Push(PushTag {
+            skip_if_current: true,
+            image,
+            chain,
+            ..
+        }) if known.is_current(package, chain, image) => {
+            Start::Skip("nothing in it ran, and the registry holds it".into())
+        }
+        Action::Pull(pull) => match &pull.when {
+            PullWhen::First => Start::Run,
+            PullWhen::BeforeRebuild { .. } if known.in_registry(&pull.image) == Some(false) => {
+                Start::Skip(format!(
+                    "`{}` is not in the registry: no old image to keep",
+                    pull.image
+                ))
+            }
+            PullWhen::BeforeRebuild { chain } if !known.chain_ran(package, chain) => {
+                Start::Skip("nothing in its stages ran".into())
+            }
+            PullWhen::BeforeRebuild { .. } => Start::Run,
+        },
+        _ => Start::Run,
+    }
+}
+
+/// Whether `step` may start before step `awaited`, which it waits for in the plan, has ended.
+/// A stage build waits for its package's final build only to learn whether it can be skipped,
+/// and the pull before it only to learn whether a step of its stages ran:
+/// - a stage build whose cache image the registry lacks cannot be skipped: it starts at once,
+///   beside the final build, and BuildKit shares the steps both builds have;
+/// - its pull is then skipped at once (there is no old image), and otherwise starts once the
+///   final build's output shows that a step of its stages ran, so that the old image is in
+///   the engine by the time the stage build starts, after the final build.
+pub(crate) fn may_start_before(
+    plan: &Plan,
+    step: &Step,
+    awaited: usize,
+    known: &Knowledge,
+) -> bool {
+    let Some(Step {
+        action: Action::Build(waited),
+        package,
+        ..
+    }) = plan.steps.get(awaited)
+    else {
+        return false;
+    };
+    if !waited.is_final || *package != step.package {
+        return false;
+    }
+    match &step.action {
+        Action::Build(Build {
+            skip_if_current: true,
+            writes: Some(image),
+            ..
+        }) => known.in_registry(image) == Some(false),
+        Action::Pull(pull) => match &pull.when {
+            PullWhen::BeforeRebuild { chain } => {
+                known.in_registry(&pull.image) == Some(false)
+                    || known.chain_ran(&step.package, chain)
+            }
+            PullWhen::First => false,
+        },
+        _ => false,
+    }
+}
+
+/// The registry check's verdict for one package, from the answers to its questions (the
+/// [`Role::is_lookup`] ones): fresh when the marker exists, every final tag holds the same
+/// image manifests, and the export, if any, is there. A question the registry did not answer
+/// only means building, where the build then says what is wrong.
+pub(crate) fn verdict(questions: &[(&crate::plan::Inspect, &Answer)]) -> Verdict {
+    let Some((marker, held)) = questions
+        .iter()
+        .find(|(inspect, _)| inspect.role == Role::Marker)
+    else {
+        return Verdict::Build("no marker to look for".into());
+    };
+    let held = match held {
+        Ok(Some(manifests)) => manifests,
+        Ok(None) => return Verdict::Build("no build of these inputs in the registry yet".into()),
+        Err(e) => {
+            return Verdict::Build(format!(
+                "cannot ask the registry for `{}`: {e}",
+                marker.image
+            ))
+        }
+    };
+    for (inspect, answer) in questions {
+        let image = &inspect.image;
+        match (inspect.role, answer) {
+            (Role::Final, Ok(Some(manifests))) if manifests == held => {}
+            (Role::Final, Ok(Some(_))) => {
+                return Verdict::Build(format!(
+                    "`{image}` holds another image than `{}`",
+                    marker.image
+                ))
+            }
+            (Role::Final, Ok(None)) => {
+                return Verdict::Build(format!("`{image}` is not in the registry"))
+            }
+            (Role::Export, Ok(Some(_))) => {}
+            (Role::Export, Ok(None)) => {
+                return Verdict::Build(format!(
+                    "the registry cache `{image}` is missing (a failed export?)"
+                ))
+            }
+            (Role::Final | Role::Export, Err(e)) => {
+                return Verdict::Build(format!("cannot ask the registry for `{image}`: {e}"))
+            }
+            _ => {}
+        }
+    }
+    Verdict::Fresh {
+        marker: marker.image.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Inspect;
+
+    fn manifests(digests: &[&str]) -> Answer {
+        Ok(Some(digests.iter().map(|d| d.to_string()).collect()))
+    }
+
+    fn inspect(image: &str, role: Role) -> Inspect {
+        Inspect {
+            image: image.into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn a_package_is_fresh_only_when_the_marker_and_every_final_tag_agree() {
+        let marker = inspect("r/x:inputs-1", Role::Marker);
+        let latest = inspect("r/x:latest", Role::Final);
+        let cache = inspect("r/x:buildcache", Role::Export);
+        let (a, b, none) = (manifests(&["sha256:a"]), manifests(&["sha256:b"]), Ok(None));
+        let down: Answer = Err("connection refused".into());
+        let fresh = Verdict::Fresh {
+            marker: "r/x:inputs-1".into(),
+        };
+        assert_eq!(verdict(&[(&marker, &a), (&latest, &a)]), fresh);
+        assert_eq!(
+            verdict(&[(&marker, &a), (&latest, &a), (&cache, &b)]),
+            fresh,
+            "the export need only exist"
+        );
+        let building = |questions: &[(&Inspect, &Answer)]| match verdict(questions) {
+            Verdict::Build(why) => why,
+            Verdict::Fresh { .. } => panic!("fresh: {questions:?}"),
+        };
+        assert_eq!(
+            building(&[(&marker, &none), (&latest, &a)]),
+            "no build of these inputs in the registry yet"
+        );
+        assert_eq!(
+            building(&[(&marker, &a), (&latest, &b)]),
+            "`r/x:latest` holds another image than `r/x:inputs-1`"
+        );
+        assert_eq!(
+            building(&[(&marker, &a), (&latest, &none)]),
+            "`r/x:latest` is not in the registry"
+        );
+        assert!(building(&[(&marker, &a), (&latest, &a), (&cache, &none)]).contains("missing"));
+        assert!(building(&[(&marker, &down), (&latest, &a)]).contains("connection refused"));
+        assert!(building(&[(&marker, &a), (&latest, &down)]).contains("cannot ask"));
+        // The order of the answers does not matter; their roles do.
+        assert_eq!(verdict(&[(&latest, &a), (&marker, &a)]), fresh);
+    }
+
+    fn known(ran: &[&str], registry: &[(&str, Answer)], local: Option<&[&str]>) -> Knowledge {
+        Knowledge {
+            ran: BTreeMap::from([(
+                "svc".to_string(),
+                ran.iter().map(|s| s.to_string()).collect(),
+            )]),
+            registry: registry
+                .iter()
+                .map(|(i, a)| (i.to_string(), a.clone()))
+                .collect(),
+            local_tags: local.map(|l| l.iter().map(|s| s.to_string()).collect()),
+            fresh: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_current_rule() {
+        let chain = ["compile".to_string(), "toolchain".to_string()];
+        let held = [("r/x:compile", manifests(&["sha256:a"]))];
+        let current = |k: &Knowledge| k.is_current("svc", &chain, "r/x:compile");
+        assert!(current(&known(&[], &held, Some(&[]))));
+        assert!(
+            current(&known(&["runtime"], &held, Some(&[]))),
+            "another stage"
+        );
+        assert!(
+            !current(&known(&["toolchain"], &held, Some(&[]))),
+            "its chain ran"
+        );
+        assert!(
+            !current(&known(&[], &held, Some(&["r/x:compile"]))),
+            "the engine held the tag: its hits may be local"
+        );
+        assert!(!current(&known(&[], &held, None)), "unknown local tags");
+        assert!(!current(&known(
+            &[],
+            &[("r/x:compile", Ok(None))],
+            Some(&[])
+        )));
+        assert!(
+            !current(&known(
+                &[],
+                &[("r/x:compile", Err("down".into()))],
+                Some(&[])
+            )),
+            "a registry that did not answer"
+        );
+        assert!(!current(&known(&[], &[], Some(&[]))), "never asked");
+    }
+}

@@ -1,0 +1,237 @@
+//! How a finished command's output and exit become a step's outcome: pure, so that every
+//! message a user may meet is tested without an engine.
+
+use crate::diagnose::RegistryProblem;
+use crate::engine::process::Streamed;
+use crate::engine::Answer;
+use crate::plan::{Build, Inspect, Pull, PullWhen, PushTag, Role, Step};
+use crate::progress::BuildProgress;
+
+use super::result::Outcome;
+
+/// A build's outcome: a failure names the stage whose step failed, the package, BuildKit's
+/// errors, and the command; a failed cache export says what the registry said and the way out.
+/// `cancelled`: the run was being stopped when it ended.
+pub(crate) fn build(
+    step: &Step,
+    build: &Build,
+    progress: &BuildProgress,
+    streamed: &Streamed,
+    cancelled: bool,
+) -> Outcome {
+    let Err(message) = &streamed.result else {
+        return Outcome::Done;
+    };
+    let package = &step.package;
+    // A step this build shares with another build that ran it shows here only as BuildKit's
+    // error, which quotes the command.
+    let stage = progress
+        .failed_stage()
+        .or_else(|| {
+            streamed
+                .text
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .find_map(|l| build.stage_of_failed_command(l))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| build.stage.clone());
+    if cancelled {
+        return Outcome::Failed(format!(
+            "the build of stage `{stage}` of package `{package}` was stopped"
+        ));
+    }
+    let mut errors = progress.errors();
+    if let Some(cache) = &build.exports {
+        let problem = RegistryProblem::classify(&errors.join("\n"));
+        if problem != RegistryProblem::Other {
+            errors.push(format!(
+                "{}\nnote: with `push-cache = \"best-effort\"` or `--push-cache-only` a failed cache export is a warning",
+                problem.describe(cache)
+            ));
+        }
+    }
+    Outcome::Failed(format!(
+        "the build of stage `{stage}` of package `{package}` failed: {message}{}\ncommand: {}",
+        errors
+            .iter()
+            .map(|e| format!("\n  {e}"))
+            .collect::<String>(),
+        step.to_shell()
+    ))
+}
+
+/// Whether a failed push is worth another try: the registry was unreachable, rate-limiting or
+/// failing with a 5xx, which often passes.
+pub(crate) fn retry(streamed: &Streamed) -> Option<RegistryProblem> {
+    streamed.result.as_ref().err()?;
+    let problem = RegistryProblem::classify(&streamed.text);
+    matches!(
+        problem,
+        RegistryProblem::Unreachable | RegistryProblem::RateLimited | RegistryProblem::ServerError
+    )
+    .then_some(problem)
+}
+
+/// A push's outcome, after its last try: a refusal of a best-effort cache push is a warning.
+pub(crate) fn push(step: &Step, push: &PushTag, streamed: &Streamed) -> Outcome {
+    let Err(message) = &streamed.result else {
+        return Outcome::Done;
+    };
+    let image = &push.image;
+    let problem = RegistryProblem::classify(&streamed.text);
+    let refused = matches!(
+        problem,
+        RegistryProblem::Authentication | RegistryProblem::DeniedOrMissing
+    );
+    if push.best_effort && refused {
+        Outcome::Warning(format!(
+            "the cache tag `{image}` was not pushed: {}",
+            problem.describe(image)
+        ))
+    } else {
+        Outcome::Failed(format!(
+            "the push of `{image}` (package `{}`) failed: {}\n{message}\ncommand: {}",
+            step.package,
+            problem.describe(image),
+            step.to_shell()
+        ))
+    }
+}
+
+/// A pull's outcome: a missing image is "no cache yet" (before a rebuild: no old image to
+/// keep), anything else a warning; a pull never fails the run.
+pub(crate) fn pull(pull: &Pull, streamed: &Streamed) -> Outcome {
+    let Err(message) = &streamed.result else {
+        return Outcome::Done;
+    };
+    let problem = RegistryProblem::classify(&streamed.text);
+    let text = problem.describe(&pull.image);
+    match (problem, &pull.when) {
+        (RegistryProblem::NotFound, PullWhen::First) => Outcome::Skipped(text),
+        (RegistryProblem::NotFound, PullWhen::BeforeRebuild { .. }) => Outcome::Skipped(format!(
+            "`{}` is not in the registry: no old image to keep",
+            pull.image
+        )),
+        _ => Outcome::Warning(format!("{text}: {message}")),
+    }
+}
+
+/// The marker's push: a failure only means that the next run builds again.
+pub(crate) fn mark(marker: &str, streamed: &Streamed) -> Outcome {
+    let Err(message) = &streamed.result else {
+        return Outcome::Done;
+    };
+    let problem = RegistryProblem::classify(&streamed.text);
+    Outcome::Warning(format!(
+        "the marker `{marker}` was not pushed ({}: {message}): the next run builds again",
+        problem.describe(marker)
+    ))
+}
+
+/// A question's outcome: answered either way, except that a best-effort export that did not
+/// write its cache is a warning.
+pub(crate) fn inspect(inspect: &Inspect, answer: &Answer) -> Outcome {
+    let image = &inspect.image;
+    match (inspect.role, answer) {
+        (Role::Written, Ok(Some(_))) => Outcome::Done,
+        (Role::Written, Ok(None)) => Outcome::Warning(format!(
+            "the registry cache `{image}` was not written (the export is best-effort)"
+        )),
+        (Role::Written, Err(e)) => Outcome::Warning(format!(
+            "the registry cache `{image}` could not be checked: {e}"
+        )),
+        _ => Outcome::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(text: &str) -> Streamed {
+        Streamed {
+            result: Err("exit status: 1".into()),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn registry_refusals_of_best_effort_pushes_are_warnings_and_nothing_else_is() {
+        let step = Step {
+            id: 3,
+            package: "svc".into(),
+            action: crate::plan::Action::Mark { marker: "m".into() },
+            program: "docker".into(),
+            args: vec!["push".into(), "r/x:compile".into()],
+            env: vec![],
+            after: vec![],
+        };
+        let mut tag = PushTag {
+            image: "r/x:compile".into(),
+            build: 0,
+            cache: true,
+            skip_if_current: true,
+            chain: vec![],
+            best_effort: true,
+        };
+        let denied = failed("denied: requested access to the resource is denied");
+        assert!(
+            matches!(push(&step, &tag, &denied), Outcome::Warning(w) if w.contains("`r/x:compile` was not pushed"))
+        );
+        let down = failed("dial tcp 127.0.0.1:5999: connect: connection refused");
+        assert!(matches!(push(&step, &tag, &down), Outcome::Failed(_)));
+        assert_eq!(retry(&down), Some(RegistryProblem::Unreachable));
+        assert_eq!(retry(&denied), None);
+        tag.best_effort = false;
+        match push(&step, &tag, &denied) {
+            Outcome::Failed(why) => {
+                assert!(why.contains("package `svc`"), "{why}");
+                assert!(why.contains("command: docker push r/x:compile"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(push(&step, &tag, &Streamed::default()), Outcome::Done);
+    }
+
+    #[test]
+    fn a_missing_image_is_no_cache_yet_and_a_pull_never_fails_the_run() {
+        let missing = failed("manifest for r/x:compile not found: manifest unknown");
+        let first = Pull {
+            image: "r/x:compile".into(),
+            when: PullWhen::First,
+        };
+        assert!(
+            matches!(pull(&first, &missing), Outcome::Skipped(s) if s.starts_with("no cache yet"))
+        );
+        let before = Pull {
+            when: PullWhen::BeforeRebuild { chain: vec![] },
+            ..first.clone()
+        };
+        assert!(
+            matches!(pull(&before, &missing), Outcome::Skipped(s) if s.contains("no old image"))
+        );
+        let down = failed("connection refused");
+        assert!(matches!(pull(&first, &down), Outcome::Warning(_)));
+    }
+
+    #[test]
+    fn an_export_that_wrote_nothing_is_a_warning() {
+        let written = Inspect {
+            image: "r/x:cache".into(),
+            role: Role::Written,
+        };
+        assert_eq!(
+            inspect(&written, &Ok(Some(Default::default()))),
+            Outcome::Done
+        );
+        assert!(
+            matches!(inspect(&written, &Ok(None)), Outcome::Warning(w) if w.contains("was not written"))
+        );
+        let marker = Inspect {
+            role: Role::Marker,
+            ..written
+        };
+        assert_eq!(inspect(&marker, &Ok(None)), Outcome::Done, "answered");
+    }
+}

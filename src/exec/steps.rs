@@ -1,0 +1,83 @@
+//! Runs one step's command: the side of a step that the scheduler does not see.
+
+use std::io;
+use std::process::Output;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crate::engine::process::Processes;
+use crate::engine::PROBE_TIMEOUT;
+use crate::plan::{Action, Step};
+
+use super::outcome;
+use super::schedule::{Finished, Ran};
+use super::Msg;
+
+/// How many times a push is tried when the registry is unreachable, rate-limiting or failing.
+const PUSH_TRIES: u32 = 3;
+
+/// Runs `step`'s command, its output lines sent to `tx` as they come. A question takes its
+/// answer from `asked`, the same command started earlier, where there is one.
+pub(crate) fn run(
+    step: &Step,
+    processes: &Processes,
+    asked: Option<JoinHandle<io::Result<Output>>>,
+    tx: &Sender<Msg>,
+) -> Finished {
+    let started = SystemTime::now();
+    let ran = match &step.action {
+        Action::Inspect(inspect) => {
+            let output = match asked {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the question panicked"))),
+                None => processes.capture(&step.program, &step.args, PROBE_TIMEOUT),
+            };
+            Ran::Answered(crate::engine::read_inspect(&inspect.image, &output))
+        }
+        Action::Push(push) => {
+            let mut wait = Duration::from_millis(500);
+            let mut tries = 1;
+            loop {
+                let streamed = stream(step, processes, tx);
+                match outcome::retry(&streamed) {
+                    Some(problem) if tries < PUSH_TRIES && !processes.is_cancelled() => {
+                        let _ = tx.send(Msg::Line(
+                            step.id,
+                            format!(
+                                "retrying the push of `{}` in {:.1}s ({problem:?})",
+                                push.image,
+                                wait.as_secs_f64()
+                            ),
+                        ));
+                        // A backoff before another try, not a wait for an event.
+                        std::thread::sleep(wait);
+                        wait *= 3;
+                        tries += 1;
+                    }
+                    _ => break Ran::Streamed(streamed),
+                }
+            }
+        }
+        Action::Build(_) | Action::Pull(_) | Action::Mark { .. } => {
+            Ran::Streamed(stream(step, processes, tx))
+        }
+    };
+    Finished {
+        id: step.id,
+        started,
+        ended: SystemTime::now(),
+        ran,
+    }
+}
+
+fn stream(
+    step: &Step,
+    processes: &Processes,
+    tx: &Sender<Msg>,
+) -> crate::engine::process::Streamed {
+    processes.stream(&step.program, &step.args, &step.env, &mut |line| {
+        let _ = tx.send(Msg::Line(step.id, line.to_string()));
+    })
+}

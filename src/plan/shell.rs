@@ -1,0 +1,82 @@
+//! The plan as shell lines a user can copy and run, with what the executor decides at run time
+//! as comments.
+
+use std::fmt::Write as _;
+
+use super::{Action, Build, Plan, PullWhen, PushTag, Role, Step};
+
+impl Plan {
+    /// The plan as shell lines, one a step, under a comment line per package.
+    pub fn to_shell(&self) -> String {
+        let mut out = String::new();
+        let mut package = None;
+        for step in &self.steps {
+            if package != Some(&step.package) {
+                let _ = writeln!(out, "# package `{}`", step.package);
+                package = Some(&step.package);
+            }
+            out.push_str(&step.to_shell());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl Step {
+    /// The step as one shell line, with what the executor decides at run time as a comment.
+    pub fn to_shell(&self) -> String {
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        words.push(quote(&self.program));
+        words.extend(self.args.iter().map(|a| quote(a)));
+        let line = words.join(" ");
+        match &self.action {
+            Action::Inspect(inspect) => {
+                let why = match inspect.role {
+                    Role::Marker => "the registry check: when it and every final tag hold the same image, no other step of the package runs",
+                    Role::Final => "a final tag, which must hold the marker's image",
+                    Role::Export => "the registry cache, which a failed export leaves missing",
+                    Role::Cache => "whether the registry holds this cache image decides the skips below",
+                    Role::Written => "whether the best-effort cache export wrote the cache",
+                };
+                format!("{line}  # {why}")
+            }
+            Action::Pull(pull) => match &pull.when {
+                PullWhen::First => {
+                    format!("{line} || true  # a missing cache image means no cache yet")
+                }
+                PullWhen::BeforeRebuild { chain } => format!(
+                    "{line}  # only when a step of stage{} {} ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)",
+                    if chain.len() == 1 { "" } else { "s" },
+                    chain.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                ),
+            },
+            Action::Build(Build {
+                skip_if_current: true,
+                ..
+            }) => format!(
+                "{line}  # skipped when nothing in it ran and the registry holds its cache"
+            ),
+            Action::Push(PushTag {
+                skip_if_current: true,
+                ..
+            }) => format!("{line}  # skipped when nothing in it ran and the registry holds it"),
+            Action::Build(_) | Action::Push(_) | Action::Mark { .. } => line,
+        }
+    }
+}
+
+/// Quotes a word for a POSIX shell: as it is when it is made only of characters no shell treats
+/// specially, else in single quotes. (shell-words quotes `=` too, which makes every
+/// `--flag=value` and `KEY=VALUE` harder to read for no gain.)
+pub fn quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}

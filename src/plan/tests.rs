@@ -1,0 +1,498 @@
+use std::collections::BTreeMap;
+
+use expect_test::expect;
+
+use super::*;
+use crate::config::{CacheMode, Config, PushCache, Secret};
+use crate::reference::Repository;
+
+const SERVICE: &str = "\
+FROM scratch AS toolchain
+COPY busybox /bin/busybox
+FROM toolchain AS compile
+RUN make
+FROM toolchain AS runtime
+COPY --from=compile /out /out
+";
+
+/// A config as the table would give it, with every optional key at its default.
+pub(crate) fn config(stages: &[(&str, &str)], tags: &[&str]) -> Config {
+    let template = |t: &str, allowed| Template::parse(t, allowed).unwrap();
+    Config {
+        package: "service".into(),
+        version: "0.3.1".into(),
+        manifest_dir: "/src/service".into(),
+        image: Repository::parse("registry.example/acme/service").unwrap(),
+        dockerfile: "/src/service/Dockerfile".into(),
+        context: "/src/service".into(),
+        target: None,
+        tags: tags
+            .iter()
+            .map(|t| template(t, Placeholder::FOR_TAGS))
+            .collect(),
+        cache_image: Repository::parse("registry.example/acme/service").unwrap(),
+        build_args: BTreeMap::new(),
+        network: None,
+        platforms: Vec::new(),
+        stages: stages
+            .iter()
+            .map(|(s, t)| (s.to_string(), template(t, Placeholder::FOR_CACHE_TAGS)))
+            .collect(),
+        cache: CacheMode::Inline,
+        cache_tag: template("buildcache", Placeholder::FOR_CACHE_TAGS),
+        default_branch: "main".into(),
+        push_cache: PushCache::Required,
+        provenance: None,
+        sbom: None,
+        secrets: BTreeMap::new(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn vars() -> Vars {
+    Vars {
+        version: "0.3.1".into(),
+        git_sha: Some("0123456789abcdef".into()),
+        branch: Some("feature/x".into()),
+    }
+}
+
+fn input(config: Config, dockerfile: &str) -> Input {
+    Input {
+        package: Package::resolve(config, dockerfile).unwrap(),
+        vars: vars(),
+        labels: BTreeMap::new(),
+        sources: None,
+    }
+}
+
+fn shell(config: Config, dockerfile: &str, options: &Options) -> String {
+    plan(&[input(config, dockerfile)], options)
+        .unwrap()
+        .to_shell()
+}
+
+fn options(push: Push, pull_first: bool) -> Options {
+    Options {
+        push,
+        pull_first,
+        ..Options::new("docker")
+    }
+}
+
+#[test]
+fn quotes_only_what_a_shell_would_misread() {
+    assert_eq!(quote("--progress=plain"), "--progress=plain");
+    assert_eq!(quote("a b"), "'a b'");
+    assert_eq!(quote("it's"), "'it'\\''s'");
+    assert_eq!(quote(""), "''");
+    assert_eq!(quote("$HOME"), "'$HOME'");
+}
+
+#[test]
+fn final_target_first_then_the_stage_caches() {
+    let config = config(
+        &[("compile", "compile"), ("runtime", "dev")],
+        &["{version}", "latest"],
+    );
+    expect![[r#"
+        # package `service`
+        docker manifest inspect -v registry.example/acme/service:dev  # whether the registry holds this cache image decides the skips below
+        docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:dev --tag registry.example/acme/service:0.3.1 --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:dev  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:0.3.1
+        docker push registry.example/acme/service:latest
+    "#]]
+    .assert_eq(&shell(config, SERVICE, &options(Push::All, false)));
+}
+
+#[test]
+fn pulls_first_when_asked_and_pushes_only_when_asked() {
+    let config = config(&[("compile", "compile")], &["latest"]);
+    expect![[r#"
+        # package `service`
+        docker pull registry.example/acme/service:compile || true  # a missing cache image means no cache yet
+        docker pull registry.example/acme/service:runtime || true  # a missing cache image means no cache yet
+        docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+    "#]]
+    .assert_eq(&shell(config, SERVICE, &options(Push::Nothing, true)));
+}
+
+#[test]
+fn branch_caches_fall_back_to_the_default_branch() {
+    let config = config(&[("compile", "compile-{branch}")], &["latest"]);
+    let text = shell(config.clone(), SERVICE, &options(Push::CacheOnly, false));
+    expect![[r#"
+        # package `service`
+        docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
+        docker manifest inspect -v registry.example/acme/service:compile-feature-x  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        docker pull registry.example/acme/service:compile-feature-x  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        docker push registry.example/acme/service:compile-feature-x  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+    "#]]
+    .assert_eq(&text);
+    assert!(
+        !text.contains("push registry.example/acme/service:compile-main"),
+        "a feature branch never writes the default branch's cache"
+    );
+    assert!(
+        !text.contains("push registry.example/acme/service:latest"),
+        "--push-cache-only publishes no final tag"
+    );
+
+    // A detached HEAD (a tag build) reads the default branch's cache and writes no branch tag.
+    let detached = Input {
+        vars: Vars {
+            branch: None,
+            ..vars()
+        },
+        ..input(config, SERVICE)
+    };
+    let text = plan(&[detached], &options(Push::All, false))
+        .unwrap()
+        .to_shell();
+    assert!(
+        text.contains("--cache-from registry.example/acme/service:compile-main"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("--target compile"),
+        "no branch tag to write, so no stage build:\n{text}"
+    );
+    assert!(
+        !text.contains("compile-main  #")
+            && !text.contains("push registry.example/acme/service:compile"),
+        "{text}"
+    );
+}
+
+#[test]
+fn command_line_args_network_platform_secrets_labels_and_quoting() {
+    let mut config = config(&[], &["{git_short_sha}"]);
+    config.build_args.insert("NOTE".into(), "two words".into());
+    config.build_args.insert("MODE".into(), "debug".into());
+    config.network = Some("none".into());
+    config.platforms = vec!["linux/amd64".into()];
+    config.target = Some("compile".into());
+    config.context = "/src/my service".into();
+    config
+        .secrets
+        .insert("npm".into(), Secret::Env("NPM_TOKEN".into()));
+    config.secrets.insert(
+        "git".into(),
+        Secret::File("/home/me/.git-credentials".into()),
+    );
+    let mut input = input(config, SERVICE);
+    input
+        .labels
+        .insert("org.opencontainers.image.title".into(), "service".into());
+    let options = Options {
+        build_args: [("MODE".to_string(), "release".to_string())].into(),
+        tags: vec!["extra".into()],
+        no_cache: true,
+        ..Options::new("docker")
+    };
+    expect![[r#"
+        # package `service`
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --no-cache --build-arg MODE=release --build-arg 'NOTE=two words' --network none --platform linux/amd64 --secret id=git,src=/home/me/.git-credentials --secret id=npm,env=NPM_TOKEN --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --tag registry.example/acme/service:0123456 --tag registry.example/acme/service:extra --label org.opencontainers.image.title=service -f /src/service/Dockerfile '/src/my service'
+    "#]]
+    .assert_eq(&plan(&[input], &options).unwrap().to_shell());
+}
+
+#[test]
+fn registry_cache_is_one_buildx_build() {
+    let mut config = config(&[], &["latest"]);
+    config.cache = CacheMode::Registry;
+    config.cache_tag = Template::parse("cache-{branch}", Placeholder::FOR_CACHE_TAGS).unwrap();
+    config.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+    config.provenance = Some("false".into());
+    let pushed = shell(config.clone(), SERVICE, &options(Push::All, false));
+    expect![[r#"
+        # package `service`
+        docker buildx build --progress=plain --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
+    "#]]
+    .assert_eq(&pushed);
+    config.platforms.clear();
+    config.push_cache = PushCache::BestEffort;
+    let local = shell(
+        config,
+        SERVICE,
+        &Options {
+            builder: Some("remote".into()),
+            ..options(Push::CacheOnly, false)
+        },
+    );
+    expect![[r#"
+        # package `service`
+        docker buildx build --builder remote --progress=plain --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true,ignore-error=true --tag registry.example/acme/service:latest --provenance=false --load -f /src/service/Dockerfile /src/service
+        docker manifest inspect -v registry.example/acme/service:cache-feature-x  # whether the best-effort cache export wrote the cache
+    "#]]
+    .assert_eq(&local);
+}
+
+#[test]
+fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
+    let marked = |config: Config, options: &Options| {
+        let input = Input {
+            sources: Some("f00d".into()),
+            ..input(config, SERVICE)
+        };
+        plan(&[input], options).unwrap()
+    };
+    let config = config(&[("compile", "compile")], &["latest"]);
+    let all = options(Push::All, false);
+    let inline = marked(config.clone(), &all);
+    expect![[r#"
+        # package `service`
+        docker manifest inspect -v registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95  # the registry check: when it and every final tag hold the same image, no other step of the package runs
+        docker manifest inspect -v registry.example/acme/service:latest  # a final tag, which must hold the marker's image
+        docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
+        docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95 -f /src/service/Dockerfile /src/service
+        docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
+        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:latest
+        docker push registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95
+    "#]]
+    .assert_eq(&inline.to_shell());
+    // The package's steps wait for the registry check's questions (the marker and the final
+    // tag); the questions that decide single skips wait for nothing; the marker's push waits
+    // for every step.
+    let role_of = |step: &Step| match &step.action {
+        Action::Inspect(inspect) => Some(inspect.role),
+        _ => None,
+    };
+    assert_eq!(
+        inline.steps[..2].iter().map(role_of).collect::<Vec<_>>(),
+        [Some(Role::Marker), Some(Role::Final)]
+    );
+    let last = inline.steps.len() - 1;
+    for step in &inline.steps[2..last] {
+        match role_of(step) {
+            Some(role) => assert!(role == Role::Cache && step.after.is_empty(), "{step:?}"),
+            None => assert!(
+                step.after.contains(&0) && step.after.contains(&1),
+                "{step:?}"
+            ),
+        }
+    }
+    assert_eq!(inline.steps[last].after, (2..last).collect::<Vec<_>>());
+    let marker_of = |plan: &Plan| {
+        plan.steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::Inspect(i) if i.role == Role::Marker => Some(i.image.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let first = marker_of(&inline);
+
+    // Another checkout folder is the same build; other sources, args or tags are not.
+    let mut moved = config.clone();
+    moved.dockerfile = "/elsewhere/service/Dockerfile".into();
+    moved.context = "/elsewhere/service".into();
+    moved.manifest_dir = "/elsewhere/service".into();
+    assert_eq!(marker_of(&marked(moved, &all)), first);
+    let mut arg = config.clone();
+    arg.build_args.insert("PROFILE".into(), "release".into());
+    assert_ne!(marker_of(&marked(arg, &all)), first);
+    let tagged = Options {
+        tags: vec!["v2".into()],
+        ..all.clone()
+    };
+    assert_ne!(marker_of(&marked(config.clone(), &tagged)), first);
+    let other_sources = Input {
+        sources: Some("beef".into()),
+        ..input(config.clone(), SERVICE)
+    };
+    let other = plan(&[other_sources], &all).unwrap();
+    assert_ne!(marker_of(&other), first);
+
+    // No check where the run must build: no final push, an image wanted in the engine, or
+    // every step asked for.
+    for options in [
+        options(Push::CacheOnly, false),
+        Options {
+            load: true,
+            ..all.clone()
+        },
+        Options {
+            no_cache: true,
+            ..all.clone()
+        },
+    ] {
+        let plan = marked(config.clone(), &options);
+        assert!(plan.steps.iter().all(|s| !matches!(
+            s.action,
+            Action::Inspect(Inspect {
+                role: Role::Marker,
+                ..
+            }) | Action::Mark { .. }
+        )));
+    }
+
+    // `--rebuild`: no check, the same marker pushed at the end.
+    let rebuilt = marked(
+        config.clone(),
+        &Options {
+            rebuild: true,
+            ..all.clone()
+        },
+    );
+    assert!(rebuilt
+        .steps
+        .iter()
+        .all(|s| !matches!(&s.action, Action::Inspect(i) if i.role.is_lookup())));
+    assert!(
+        matches!(&rebuilt.steps.last().unwrap().action, Action::Mark { marker } if *marker == first)
+    );
+
+    // A build that pushes by itself pushes the marker with the image, and the check asks for
+    // the registry cache too.
+    let mut registry = config.clone();
+    registry.cache = CacheMode::Registry;
+    let plan = marked(registry, &all);
+    assert_eq!(plan.steps.len(), 4, "{}", plan.to_shell());
+    assert!(matches!(
+        &plan.steps[2].action,
+        Action::Inspect(Inspect { role: Role::Export, image }) if image.ends_with(":buildcache")
+    ));
+    let build = plan.steps[3].to_shell();
+    assert!(
+        build.contains(
+            "--tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-"
+        ) && build.contains(" --push "),
+        "{build}"
+    );
+}
+
+#[test]
+fn a_failed_command_names_its_stage() {
+    let plan = plan(
+        &[input(
+            config(&[("compile", "compile")], &["latest"]),
+            SERVICE,
+        )],
+        &options(Push::Nothing, false),
+    )
+    .unwrap();
+    let Some(runtime) = plan.steps.iter().find_map(|s| match &s.action {
+        Action::Build(b) if b.is_final => Some(b),
+        _ => None,
+    }) else {
+        panic!("a final build")
+    };
+    // BuildKit v0.8's and v0.13's words for a failed `RUN make` of `compile`.
+    for error in [
+        "ERROR: failed to solve: executor failed running [/bin/sh -c make]: exit code: 2",
+        "ERROR: failed to solve: process \"/bin/sh -c make\" did not complete successfully: exit code: 2",
+    ] {
+        assert_eq!(runtime.stage_of_failed_command(error), Some("compile"));
+    }
+    assert_eq!(runtime.stage_of_failed_command("ERROR: no such file"), None);
+}
+
+#[test]
+fn a_builder_of_its_own_pushes_from_the_build() {
+    let config = config(&[("compile", "compile")], &["latest"]);
+    let options = Options {
+        builder: Some("k8s".into()),
+        ..options(Push::All, false)
+    };
+    expect![[r#"
+        # package `service`
+        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --push -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --push -f /src/service/Dockerfile /src/service
+    "#]]
+    .assert_eq(&shell(config, SERVICE, &options));
+}
+
+#[test]
+fn steps_wait_for_the_stages_they_need() {
+    let five = "\
+FROM scratch AS base
+FROM base AS compile-a
+FROM base AS compile-b
+FROM scratch AS tools
+FROM base AS runtime
+COPY --from=compile-a /a /a
+COPY --from=compile-b /b /b
+";
+    let config = config(
+        &[("base", "base"), ("compile-b", "b"), ("compile-a", "a")],
+        &["latest"],
+    );
+    let plan = plan(&[input(config, five)], &options(Push::All, false)).unwrap();
+    let summary: Vec<String> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let what = match &s.action {
+                Action::Build(b) => format!("build {}", b.stage),
+                Action::Push(push) => {
+                    format!("push {}", push.image.rsplit(':').next().unwrap())
+                }
+                Action::Pull(pull) => format!("pull {}", pull.image.rsplit(':').next().unwrap()),
+                Action::Inspect(inspect) => {
+                    format!("inspect {}", inspect.image.rsplit(':').next().unwrap())
+                }
+                Action::Mark { .. } => "mark".to_string(),
+            };
+            format!("{} {what} after {:?}", s.id, s.after)
+        })
+        .collect();
+    expect![[r#"
+        [
+            "0 inspect runtime after []",
+            "1 inspect base after []",
+            "2 inspect a after []",
+            "3 inspect b after []",
+            "4 build runtime after []",
+            "5 pull base after [4, 1]",
+            "6 build base after [4, 1, 5]",
+            "7 push base after [6, 1]",
+            "8 pull a after [4, 2]",
+            "9 build compile-a after [4, 2, 8]",
+            "10 push a after [9, 2]",
+            "11 pull b after [4, 3]",
+            "12 build compile-b after [4, 3, 11]",
+            "13 push b after [12, 3]",
+            "14 push runtime after [4, 0]",
+            "15 push latest after [4, 14]",
+        ]
+    "#]]
+    .assert_debug_eq(&summary);
+    // Every step comes after the steps it needs.
+    for step in &plan.steps {
+        assert!(step.after.iter().all(|&a| a < step.id));
+    }
+}
+
+#[test]
+fn a_tag_that_cannot_be_filled_names_package_and_stage() {
+    let config = config(&[], &["{git_sha}"]);
+    let no_git = Input {
+        vars: Vars {
+            git_sha: None,
+            ..vars()
+        },
+        ..input(config, SERVICE)
+    };
+    let error = plan(&[no_git], &options(Push::Nothing, false)).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "package `service`, key `tags`: `{git_sha}` needs the commit sha, and this is not a git checkout"
+    );
+}

@@ -1,0 +1,45 @@
+//! The table at the end of a run.
+
+use std::fmt::Write as _;
+
+use super::stages::StageReport;
+
+/// The summary table of a run, as text; empty when nothing was built.
+pub fn summary(reports: &[StageReport]) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    let mut rows: Vec<[String; 5]> = vec![[
+        "package".into(),
+        "stage".into(),
+        "cached/steps".into(),
+        "time".into(),
+        "pushed".into(),
+    ]];
+    for r in reports {
+        rows.push([
+            r.package.clone(),
+            r.stage.clone(),
+            format!("{}/{}", r.cached, r.steps),
+            format!("{:.1}s", r.seconds),
+            if r.pushed.is_empty() {
+                "-".into()
+            } else {
+                r.pushed.join(", ")
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    out
+}

@@ -336,3 +336,360 @@ impl<'p> Scheduler<'p> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::{config, input};
+    use crate::plan::{Options, Push, Role};
+
+    const SERVICE: &str = "\
+FROM scratch AS toolchain
+COPY busybox /bin/busybox
+FROM toolchain AS compile
+COPY src ./src
+RUN make
+FROM toolchain AS runtime
+COPY --from=compile /out /out
+";
+
+    /// The example service's plan with `--push`, marked (sources known).
+    fn service_plan(options: &Options) -> Plan {
+        let mut input = input(
+            config(&[("compile", "compile"), ("runtime", "dev")], &["latest"]),
+            SERVICE,
+        );
+        input.sources = Some("f00d".into());
+        crate::plan::plan(&[input], options).unwrap()
+    }
+
+    fn push_all() -> Options {
+        Options {
+            push: Push::All,
+            ..Options::new("docker")
+        }
+    }
+
+    /// The id of the step that `find` picks.
+    fn id(plan: &Plan, find: impl Fn(&Step) -> bool) -> usize {
+        plan.steps.iter().find(|s| find(s)).expect("a step").id
+    }
+
+    fn build_of(plan: &Plan, stage: &str) -> usize {
+        id(
+            plan,
+            |s| matches!(&s.action, Action::Build(b) if b.stage == stage),
+        )
+    }
+
+    fn pull_of(plan: &Plan) -> usize {
+        id(plan, |s| matches!(s.action, Action::Pull(_)))
+    }
+
+    fn names(launches: &[Launch]) -> Vec<String> {
+        launches
+            .iter()
+            .map(|l| match l {
+                Launch::Run(s) => format!("run {}", s.id),
+                Launch::Skipped(s, r) => format!("skip {} ({:?})", s.id, r.outcome),
+            })
+            .collect()
+    }
+
+    fn ran(launches: &[Launch]) -> Vec<usize> {
+        launches
+            .iter()
+            .filter_map(|l| match l {
+                Launch::Run(s) => Some(s.id),
+                Launch::Skipped(..) => None,
+            })
+            .collect()
+    }
+
+    fn answer(scheduler: &mut Scheduler, id: usize, held: Option<&str>) -> Option<Verdict> {
+        let answer = Ok(held.map(|d| [d.to_string()].into()));
+        let now = SystemTime::now();
+        scheduler
+            .on_done(Finished {
+                id,
+                started: now,
+                ended: now,
+                ran: Ran::Answered(answer),
+            })
+            .verdict
+    }
+
+    fn end(scheduler: &mut Scheduler, id: usize, lines: &str, ok: bool) -> Outcome {
+        for line in lines.lines() {
+            scheduler.on_line(id, line);
+        }
+        let now = SystemTime::now();
+        let streamed = Streamed {
+            result: if ok {
+                Ok(())
+            } else {
+                Err("exit status: 1".into())
+            },
+            text: lines.to_string(),
+        };
+        scheduler
+            .on_done(Finished {
+                id,
+                started: now,
+                ended: now,
+                ran: Ran::Streamed(streamed),
+            })
+            .result
+            .outcome
+    }
+
+    /// Answers every question that `launches` started: the marker and final tags with
+    /// `marker`, the cache images with `caches`.
+    fn answer_all(
+        scheduler: &mut Scheduler,
+        plan: &Plan,
+        launches: &[Launch],
+        marker: Option<&str>,
+        caches: Option<&str>,
+    ) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        for id in ran(launches) {
+            let Action::Inspect(inspect) = &plan.steps[id].action else {
+                continue;
+            };
+            let held = if inspect.role == Role::Cache {
+                caches
+            } else {
+                marker
+            };
+            verdicts.extend(answer(scheduler, id, held));
+        }
+        verdicts
+    }
+
+    #[test]
+    fn a_package_the_registry_holds_runs_nothing_but_its_questions() {
+        let plan = service_plan(&push_all());
+        let mut scheduler = Scheduler::new(&plan, 2, Some(BTreeSet::new()));
+        let first = scheduler.start_ready(SystemTime::now());
+        assert!(
+            ran(&first).iter().all(|&i| plan.steps[i].is_question()),
+            "only questions start before the answers: {:?}",
+            names(&first)
+        );
+        let verdicts = answer_all(
+            &mut scheduler,
+            &plan,
+            &first,
+            Some("sha256:a"),
+            Some("sha256:c"),
+        );
+        assert!(
+            matches!(&verdicts[..], [Verdict::Fresh { marker }] if marker.contains(":inputs-"))
+        );
+        let rest = scheduler.start_ready(SystemTime::now());
+        assert!(ran(&rest).is_empty(), "{:?}", names(&rest));
+        assert_eq!(
+            rest.len(),
+            plan.steps.len() - first.len(),
+            "every other step is skipped"
+        );
+        for launch in &rest {
+            let Launch::Skipped(_, result) = launch else {
+                unreachable!()
+            };
+            assert!(
+                matches!(&result.outcome, Outcome::Skipped(why) if why.starts_with("the registry holds this build")),
+                "{:?}",
+                result.outcome
+            );
+        }
+        assert!(!scheduler.is_busy());
+        assert_eq!(scheduler.finish(0.0).fresh.len(), 1);
+    }
+
+    #[test]
+    fn on_a_cold_registry_the_stage_build_starts_beside_the_final_build() {
+        let plan = service_plan(&push_all());
+        let mut scheduler = Scheduler::new(&plan, 2, Some(BTreeSet::new()));
+        let first = scheduler.start_ready(SystemTime::now());
+        let verdicts = answer_all(&mut scheduler, &plan, &first, None, None);
+        assert!(
+            matches!(&verdicts[..], [Verdict::Build(why)] if why.contains("no build of these inputs"))
+        );
+        let next = scheduler.start_ready(SystemTime::now());
+        let (runtime, compile, pull) = (
+            build_of(&plan, "runtime"),
+            build_of(&plan, "compile"),
+            pull_of(&plan),
+        );
+        assert_eq!(ran(&next), [runtime, compile], "{:?}", names(&next));
+        assert!(
+            next.iter()
+                .any(|l| matches!(l, Launch::Skipped(s, r) if s.id == pull
+                && matches!(&r.outcome, Outcome::Skipped(w) if w.contains("no old image")))),
+            "no old image to pull: {:?}",
+            names(&next)
+        );
+    }
+
+    #[test]
+    fn a_step_seen_to_run_starts_the_pull_while_the_final_build_goes_on() {
+        let plan = service_plan(&push_all());
+        let mut scheduler = Scheduler::new(&plan, 2, Some(BTreeSet::new()));
+        let first = scheduler.start_ready(SystemTime::now());
+        answer_all(&mut scheduler, &plan, &first, None, Some("sha256:c"));
+        let (runtime, compile, pull) = (
+            build_of(&plan, "runtime"),
+            build_of(&plan, "compile"),
+            pull_of(&plan),
+        );
+        assert_eq!(ran(&scheduler.start_ready(SystemTime::now())), [runtime]);
+        // A step that started may yet be a cache hit: nothing starts.
+        scheduler.on_line(runtime, "#9 [compile 2/3] COPY src ./src");
+        assert!(scheduler.start_ready(SystemTime::now()).is_empty());
+        scheduler.on_line(runtime, "#9 DONE 0.1s");
+        assert_eq!(ran(&scheduler.start_ready(SystemTime::now())), [pull]);
+        assert_eq!(end(&mut scheduler, pull, "pulled\n", true), Outcome::Done);
+        assert!(
+            scheduler.start_ready(SystemTime::now()).is_empty(),
+            "the stage build waits for the final build"
+        );
+        let output = "#9 [compile 2/3] COPY src ./src\n#9 DONE 0.1s\n#10 [compile 3/3] RUN make\n#10 DONE 1.0s\n#11 [runtime 2/2] COPY --from=compile /out /out\n#11 DONE 0.0s\n";
+        assert_eq!(end(&mut scheduler, runtime, output, true), Outcome::Done);
+        let next = scheduler.start_ready(SystemTime::now());
+        assert!(ran(&next).contains(&compile), "{:?}", names(&next));
+    }
+
+    #[test]
+    fn nothing_ran_and_the_registry_holds_it_so_the_stage_and_its_pushes_are_left_alone() {
+        let plan = service_plan(&push_all());
+        let run = |local: BTreeSet<String>| {
+            let mut scheduler = Scheduler::new(&plan, 2, Some(local));
+            let first = scheduler.start_ready(SystemTime::now());
+            answer_all(&mut scheduler, &plan, &first, None, Some("sha256:c"));
+            let runtime = build_of(&plan, "runtime");
+            assert_eq!(ran(&scheduler.start_ready(SystemTime::now())), [runtime]);
+            let cached = "#9 [compile 2/3] COPY src ./src\n#9 CACHED\n#10 [compile 3/3] RUN make\n#10 CACHED\n#11 [runtime 2/2] COPY --from=compile /out /out\n#11 CACHED\n";
+            end(&mut scheduler, runtime, cached, true);
+            names(&scheduler.start_ready(SystemTime::now()))
+        };
+        let fresh_agent = run(BTreeSet::new());
+        let skipped = |what: &str| {
+            fresh_agent
+                .iter()
+                .filter(|n| n.starts_with("skip") && n.contains(what))
+                .count()
+        };
+        assert_eq!(
+            skipped("nothing in its stages ran"),
+            1,
+            "the pull: {fresh_agent:?}"
+        );
+        assert_eq!(
+            skipped("registry holds its cache"),
+            1,
+            "the stage build: {fresh_agent:?}"
+        );
+        assert_eq!(
+            skipped("registry holds it\""),
+            2,
+            "both cache pushes: {fresh_agent:?}"
+        );
+        // An engine that held the tags before the run may have served the hits itself.
+        let warm_agent = run(["registry.example/acme/service:compile".to_string()].into());
+        assert!(
+            warm_agent
+                .iter()
+                .any(|n| n == &format!("run {}", build_of(&plan, "compile"))),
+            "{warm_agent:?}"
+        );
+    }
+
+    #[test]
+    fn a_failure_or_a_signal_starts_nothing_more() {
+        let plan = service_plan(&push_all());
+        let mut scheduler = Scheduler::new(&plan, 2, Some(BTreeSet::new()));
+        let first = scheduler.start_ready(SystemTime::now());
+        answer_all(&mut scheduler, &plan, &first, None, None);
+        let (runtime, compile) = (build_of(&plan, "runtime"), build_of(&plan, "compile"));
+        assert_eq!(
+            ran(&scheduler.start_ready(SystemTime::now())),
+            [runtime, compile]
+        );
+        let failed = "#10 [compile 3/3] RUN make\n#10 ERROR: process \"/bin/sh -c make\" did not complete successfully: exit code: 2\n";
+        match end(&mut scheduler, compile, failed, false) {
+            Outcome::Failed(why) => assert!(
+                why.starts_with("the build of stage `compile` of package `service` failed"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(scheduler.is_stopped());
+        // The final build, ended by the run, is said to have been stopped.
+        match end(&mut scheduler, runtime, "", false) {
+            Outcome::Failed(why) => assert!(why.ends_with("was stopped"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(scheduler.start_ready(SystemTime::now()).is_empty());
+        assert!(!scheduler.is_busy());
+
+        let mut scheduler = Scheduler::new(&plan, 2, None);
+        let first = scheduler.start_ready(SystemTime::now());
+        assert!(scheduler.on_signal(15));
+        assert!(!scheduler.on_signal(15), "a second signal is not the first");
+        answer_all(&mut scheduler, &plan, &first, None, None);
+        assert!(scheduler.start_ready(SystemTime::now()).is_empty());
+        assert_eq!(scheduler.finish(0.0).interrupted, Some(15));
+    }
+
+    #[test]
+    fn jobs_limit_builds_and_pushes_but_not_questions_and_final_builds_come_first() {
+        let two = |name: &str| {
+            let mut config = config(&[("compile", "compile")], &["latest"]);
+            config.package = name.into();
+            let mut input = input(config, SERVICE);
+            input.sources = Some(name.into());
+            input
+        };
+        let plan = crate::plan::plan(&[two("api"), two("worker")], &push_all()).unwrap();
+        let mut scheduler = Scheduler::new(&plan, 2, Some(BTreeSet::new()));
+        let first = scheduler.start_ready(SystemTime::now());
+        let questions = plan.steps.iter().filter(|s| s.is_question()).count();
+        assert_eq!(
+            ran(&first).len(),
+            questions,
+            "every question at once, whatever `--jobs`"
+        );
+        // `api`'s answers come first, on a cold registry: its stage build could start beside
+        // its final build, but `worker`'s final build keeps its claim on the second slot.
+        let of = |package: &str| -> Vec<usize> {
+            plan.steps
+                .iter()
+                .filter(|s| s.package == package && s.is_question())
+                .map(|s| s.id)
+                .collect()
+        };
+        for id in of("api") {
+            answer(&mut scheduler, id, None);
+        }
+        let api_final = id(&plan, |s| {
+            s.package == "api" && matches!(&s.action, Action::Build(b) if b.is_final)
+        });
+        assert_eq!(ran(&scheduler.start_ready(SystemTime::now())), [api_final]);
+        for id in of("worker") {
+            answer(&mut scheduler, id, None);
+        }
+        let worker_final = id(&plan, |s| {
+            s.package == "worker" && matches!(&s.action, Action::Build(b) if b.is_final)
+        });
+        assert_eq!(
+            ran(&scheduler.start_ready(SystemTime::now())),
+            [worker_final]
+        );
+        assert!(
+            scheduler.start_ready(SystemTime::now()).is_empty(),
+            "both slots taken"
+        );
+    }
+}

@@ -57,7 +57,7 @@ fn vars() -> Vars {
     }
 }
 
-fn input(config: Config, dockerfile: &str) -> Input {
+pub(crate) fn input(config: Config, dockerfile: &str) -> Input {
     Input {
         package: Package::resolve(config, dockerfile).unwrap(),
         vars: vars(),
@@ -298,6 +298,14 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
             .unwrap_or_default()
     };
     let first = marker_of(&inline);
+    // Pinned, outside the snapshot that `UPDATE_EXPECT` rewrites: a change here changes every
+    // user's marker, so that every registry check misses once. Make it on purpose (the
+    // `build v2` field of the hash says which rules made a marker), never by renaming a
+    // display name.
+    assert_eq!(
+        first,
+        "registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95"
+    );
 
     // Another checkout folder is the same build; other sources, args or tags are not.
     let mut moved = config.clone();

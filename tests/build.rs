@@ -365,8 +365,8 @@ fn the_plan_event_lists_every_step_with_its_argv() {
     assert_eq!(runtime["args"][0], "build");
     assert_eq!(
         runtime["after"],
-        serde_json::json!([0, 1, 2]),
-        "the final build waits for the registry check's questions"
+        serde_json::json!([0, 1, 2, 3, 4]),
+        "the final build waits for every question to the registry"
     );
     let compile = &steps[id("build", "compile") as usize];
     assert_eq!(compile["detail"]["skipped_when_current"], true);

@@ -142,6 +142,14 @@ pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow:
         // builds wait for it alone, not for each other.
         let mut after = pulls.clone();
         after.extend(final_build);
+        // The answers are known before any build starts (they go out while the preflight
+        // runs): so a stage build's early start never depends on how fast the registry
+        // answered compared with how fast the final build's first steps ran.
+        if is_final {
+            let mut asked: Vec<usize> = questions.values().copied().collect();
+            asked.sort_unstable();
+            after.extend(asked);
+        }
         if let (true, Some(image)) = (skip_if_current, &own.write) {
             after.push(questions[image]);
             let pull = Action::Pull(Pull {

@@ -467,7 +467,7 @@ COPY --from=compile-b /b /b
             "1 inspect base after []",
             "2 inspect a after []",
             "3 inspect b after []",
-            "4 build runtime after []",
+            "4 build runtime after [0, 1, 2, 3]",
             "5 pull base after [4, 1]",
             "6 build base after [4, 1, 5]",
             "7 push base after [6, 1]",

@@ -1,0 +1,447 @@
+//! The executor through the real program, without an engine: a stand-in `docker` (a script this
+//! file writes, passed as `$DOCKER`) answers from files, prints the BuildKit output it is given,
+//! fails or hangs where told, and logs every call. These run in `cargo test` in seconds, on any
+//! machine; what they prove about real engines is proven again by the end-to-end tests.
+//!
+//! No test waits for a duration: a stand-in that must be running when something happens says
+//! so through a FIFO, which the other side blocks on.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The stand-in CLI. It answers the preflight as a Docker 28 CLI with buildx talking to an
+/// engine 26 would, and:
+/// - `manifest inspect ... IMAGE`: prints `registry/<IMAGE with / and : as _>` if it exists,
+///   else says there is no such manifest;
+/// - `pull IMAGE`: succeeds when the registry file exists, else "manifest unknown";
+/// - `push IMAGE`: prints a digest;
+/// - `build ... --target T` (and `buildx build`): prints `builds/T.out`; if `builds/T.wait`
+///   exists, reads it first (a FIFO: it blocks until the other side writes); if `builds/T.hang`
+///   exists, writes its pid to `builds/T.pid` and to the FIFO `builds/T.ready` (blocking until
+///   the test reads it), then sleeps until it is ended; else exits with `builds/T.exit` (0).
+///
+/// Every call is logged to `calls` as `start ARGS` and, unless it hangs, `end ARGS`.
+const FAKE_DOCKER: &str = r#"#!/bin/bash
+set -u
+dir="$FAKE_DIR"
+echo "start $*" >> "$dir/calls"
+finish() { echo "end $*" >> "$dir/calls"; }
+file_of() { echo "$dir/registry/$(echo "$1" | tr '/:' '__')"; }
+case "$1" in
+  --version) echo "Docker version 28.2.2, build e6534b4"; finish "$@"; exit 0;;
+  version) echo "26.1.5"; finish "$@"; exit 0;;
+  image) finish "$@"; exit 0;;
+  manifest)
+    image="${@: -1}"
+    if [ -f "$(file_of "$image")" ]; then cat "$(file_of "$image")"; finish "$@"; exit 0; fi
+    echo "no such manifest: $image" >&2; finish "$@"; exit 1;;
+  pull)
+    if [ -f "$(file_of "$2")" ]; then echo "pulled $2"; finish "$@"; exit 0; fi
+    echo "Error response from daemon: manifest for $2 not found: manifest unknown: manifest unknown" >&2
+    finish "$@"; exit 1;;
+  push) echo "$2: digest: sha256:$(printf '%064d' 7) size: 528"; finish "$@"; exit 0;;
+  buildx) if [ "$2" = version ]; then echo "github.com/docker/buildx 0.13.1"; finish "$@"; exit 0; fi;;
+esac
+if [ "$1" = build ] || [ "$1" = buildx ]; then
+  target=""; prev=""
+  for a in "$@"; do if [ "$prev" = --target ]; then target="$a"; fi; prev="$a"; done
+  b="$dir/builds/$target"
+  if [ -p "$b.wait" ]; then cat "$b.wait" > /dev/null; fi
+  if [ -f "$b.out" ]; then cat "$b.out"; fi
+  if [ -f "$b.hang" ]; then
+    echo $$ > "$b.pid"
+    if [ -p "$b.ready" ]; then echo $$ > "$b.ready"; fi
+    exec sleep 600
+  fi
+  code=0; if [ -f "$b.exit" ]; then code=$(cat "$b.exit"); fi
+  finish "$@"; exit "$code"
+fi
+echo "fake docker: unexpected call: $*" >&2
+finish "$@"; exit 1
+"#;
+
+const DOCKERFILE: &str = "\
+FROM scratch AS toolchain
+COPY busybox /bin/busybox
+FROM toolchain AS compile
+COPY src ./src
+RUN make
+FROM toolchain AS runtime
+COPY --from=compile /out /out
+";
+
+/// A package `svc` with a cached `compile` stage, and the stand-in CLI, in a new folder.
+struct Fake {
+    dir: PathBuf,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let dir = testbed::temp_dir("scheduler").unwrap();
+        for sub in ["registry", "builds", "project/src"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let docker = dir.join("docker");
+        std::fs::write(&docker, FAKE_DOCKER).unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let project = dir.join("project");
+        std::fs::write(
+            project.join("Cargo.toml"),
+            "[package]\nname = \"svc\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[package.metadata.docker]\nimage = \"127.0.0.1:5999/acme/svc\"\ntags = [\"latest\"]\nstages = { compile = \"compile\", runtime = \"dev\" }\n",
+        )
+        .unwrap();
+        std::fs::write(project.join("Dockerfile"), DOCKERFILE).unwrap();
+        std::fs::write(project.join("src/main.rs"), "fn main() {}\n").unwrap();
+        Fake { dir }
+    }
+
+    /// The registry holds `image` as `digest`.
+    fn hold(&self, image: &str, digest: &str) {
+        let name = image.replace(['/', ':'], "_");
+        std::fs::write(
+            self.dir.join("registry").join(name),
+            format!("{{\"Descriptor\":{{\"digest\":\"{digest}\"}}}}"),
+        )
+        .unwrap();
+    }
+
+    /// The build of `target` prints `output` and exits with `code`.
+    fn build(&self, target: &str, output: &str, code: i32) {
+        let b = self.dir.join("builds");
+        std::fs::write(b.join(format!("{target}.out")), output).unwrap();
+        std::fs::write(b.join(format!("{target}.exit")), code.to_string()).unwrap();
+    }
+
+    /// The build of `target` hangs until it is ended; it says so through a FIFO.
+    fn hang(&self, target: &str) -> PathBuf {
+        let b = self.dir.join("builds");
+        std::fs::write(b.join(format!("{target}.hang")), "").unwrap();
+        self.fifo(&format!("{target}.ready"))
+    }
+
+    /// The build of `target` starts printing only once `other`'s build is running.
+    fn wait_for(&self, target: &str, other: &str) {
+        let ready = self.hang(other);
+        std::os::unix::fs::symlink(
+            &ready,
+            self.dir.join("builds").join(format!("{target}.wait")),
+        )
+        .unwrap();
+    }
+
+    fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.dir.join("builds").join(name);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        path
+    }
+
+    fn pid_of(&self, target: &str) -> u32 {
+        std::fs::read_to_string(self.dir.join("builds").join(format!("{target}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The stand-in's calls, in order, without the preflight's.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                !l.contains(" --version") && !l.contains(" version") && !l.contains(" image ls")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn position(&self, prefix: &str) -> Option<usize> {
+        self.calls().iter().position(|c| c.starts_with(prefix))
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask-docker"));
+        command
+            .args([
+                "docker",
+                "build",
+                "--message-format",
+                "json",
+                "--manifest-path",
+            ])
+            .arg(self.dir.join("project/Cargo.toml"))
+            .args(extra)
+            .env("DOCKER", self.dir.join("docker"))
+            .env("FAKE_DIR", &self.dir)
+            .env_remove("CI")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, extra: &[&str]) -> Run {
+        Run::from(self.command(extra).output().unwrap())
+    }
+
+    /// The marker tag the plan names (from a dry run).
+    fn marker(&self) -> String {
+        let run = self.run(&["--push", "--dry-run"]);
+        let plan = &run.events[0];
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["detail"]["role"] == "marker")
+            .unwrap()["detail"]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+    events: Vec<serde_json::Value>,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            events: String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        }
+    }
+}
+
+impl Run {
+    /// `step-finished` of the `kind` step of `stage` (the build of a stage, or a push of
+    /// `image`).
+    fn finished(&self, kind: &str, which: &str) -> Option<&serde_json::Value> {
+        self.events.iter().find(|e| {
+            e["reason"] == "step-finished"
+                && e["kind"] == kind
+                && (e["stage"] == which || e["image"].as_str().is_some_and(|i| i.ends_with(which)))
+        })
+    }
+}
+
+const IMAGE: &str = "127.0.0.1:5999/acme/svc";
+
+/// BuildKit's plain output for the final build, every step of `compile` run or cached.
+fn final_build_output(compile: &str) -> String {
+    format!(
+        "#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n#5 [toolchain 1/1] COPY busybox /bin/busybox\n#5 CACHED\n#6 [compile 1/2] COPY src ./src\n#6 {compile}\n#7 [compile 2/2] RUN make\n#7 {compile}\n#8 [runtime 1/1] COPY --from=compile /out /out\n#8 {compile}\n"
+    )
+}
+
+#[test]
+fn a_build_the_registry_holds_runs_only_its_questions() {
+    let fake = Fake::new();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    fake.hold(&fake.marker(), &digest);
+    fake.hold(&format!("{IMAGE}:latest"), &digest);
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let calls = fake.calls();
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.contains(" manifest inspect -v --insecure ")),
+        "{calls:#?}"
+    );
+    assert!(
+        run.stderr.contains("the registry holds this build"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("Building"), "{}", run.stderr);
+    let finished = run.events.last().unwrap();
+    assert_eq!(finished["fresh"], serde_json::json!(["svc"]));
+}
+
+#[test]
+fn nothing_ran_so_the_stage_build_and_the_cache_pushes_are_left_alone() {
+    let fake = Fake::new();
+    fake.hold(&format!("{IMAGE}:compile"), "sha256:c");
+    fake.hold(&format!("{IMAGE}:dev"), "sha256:d");
+    fake.build("runtime", &final_build_output("CACHED"), 0);
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        fake.position("start build"),
+        fake.position(
+            "start build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime"
+        )
+    );
+    assert!(
+        fake.position(
+            "start build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile"
+        )
+        .is_none(),
+        "{:#?}",
+        fake.calls()
+    );
+    assert!(fake.position("start pull").is_none(), "{:#?}", fake.calls());
+    assert!(fake
+        .position(&format!("start push {IMAGE}:compile"))
+        .is_none());
+    assert!(fake.position(&format!("start push {IMAGE}:dev")).is_none());
+    assert!(fake
+        .position(&format!("start push {IMAGE}:latest"))
+        .is_some());
+    assert_eq!(
+        run.finished("build", "compile").unwrap()["outcome"],
+        "skipped"
+    );
+    let stages = &run.events.last().unwrap()["stages"];
+    assert!(
+        stages
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["steps"] == s["cached"]),
+        "{stages}"
+    );
+}
+
+#[test]
+fn a_step_that_ran_pulls_the_old_image_during_the_final_build_and_rebuilds_after_it() {
+    let fake = Fake::new();
+    fake.hold(&format!("{IMAGE}:compile"), "sha256:c");
+    fake.hold(&format!("{IMAGE}:dev"), "sha256:d");
+    // The final build's `COPY src` and the steps after it ran.
+    fake.build("runtime", &final_build_output("DONE 0.1s"), 0);
+    fake.build(
+        "compile",
+        "#6 [compile 1/2] COPY src ./src\n#6 CACHED\n#7 [compile 2/2] RUN make\n#7 CACHED\n",
+        0,
+    );
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let pull = fake
+        .position(&format!("start pull {IMAGE}:compile"))
+        .expect("the pull");
+    let final_end = fake
+        .position("end build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime")
+        .unwrap();
+    let stage_start = fake
+        .position(
+            "start build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile",
+        )
+        .unwrap();
+    assert!(
+        final_end < stage_start,
+        "the stage build after the final build: {:#?}",
+        fake.calls()
+    );
+    assert!(pull < stage_start, "{:#?}", fake.calls());
+    // Its events say it started before the final build ended: the scheduler saw the step run.
+    let position = |reason: &str, kind: &str| {
+        run.events
+            .iter()
+            .position(|e| {
+                e["reason"] == reason
+                    && e["kind"] == kind
+                    && e["stage"] == if kind == "pull" { "compile" } else { "runtime" }
+            })
+            .unwrap()
+    };
+    assert!(position("step-started", "pull") < position("step-finished", "build"));
+    assert!(fake
+        .position(&format!("start push {IMAGE}:compile"))
+        .is_some());
+}
+
+#[test]
+fn the_first_failure_ends_the_running_build_and_names_stage_package_and_command() {
+    let fake = Fake::new();
+    // A cold registry: the stage build starts beside the final build, which hangs; the stage
+    // build fails once the final build is running.
+    fake.wait_for("compile", "runtime");
+    fake.build(
+        "compile",
+        "#7 [compile 2/2] RUN make\n#7 ERROR: process \"/bin/sh -c make\" did not complete successfully: exit code: 2\nERROR: failed to solve: process \"/bin/sh -c make\" did not complete successfully: exit code: 2\n",
+        1,
+    );
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the build of stage `compile` of package `svc` failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("command: DOCKER_BUILDKIT=1"),
+        "{}",
+        run.stderr
+    );
+    let runtime = run.finished("build", "runtime").unwrap();
+    assert!(
+        runtime["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("was stopped"),
+        "{runtime}"
+    );
+    assert!(
+        !process_exists(fake.pid_of("runtime")),
+        "the hanging build was ended"
+    );
+    assert!(fake.position("start push").is_none(), "{:#?}", fake.calls());
+    assert!(!run.stderr.contains("Finished"), "{}", run.stderr);
+}
+
+#[test]
+fn a_signal_ends_every_command_and_the_run_exits_with_128_plus_it() {
+    let fake = Fake::new();
+    let ready = fake.hang("runtime");
+    let mut child = fake
+        .command(&["--push"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Blocks until the hanging build has started and says so.
+    let pid: u32 = std::fs::read_to_string(&ready)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(process_exists(pid));
+    // SAFETY: kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let stdout = child.stdout.take().unwrap();
+    let events: Vec<serde_json::Value> = BufReader::new(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(128 + 15), "{stderr}");
+    assert!(stderr.contains("interrupted by signal 15"), "{stderr}");
+    assert!(!process_exists(pid), "the build's process group was ended");
+    let finished = events.last().unwrap();
+    assert_eq!(finished["reason"], "build-finished");
+    assert_eq!(finished["success"], false);
+}
+
+/// Whether process `pid` is alive (not gone, and not a zombie waiting to be reaped).
+fn process_exists(pid: u32) -> bool {
+    let status = Path::new("/proc").join(pid.to_string()).join("status");
+    std::fs::read_to_string(status).is_ok_and(|s| !s.contains("State:\tZ"))
+}

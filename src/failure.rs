@@ -6,7 +6,7 @@ use std::fmt;
 /// An error with the exit code it calls for.
 #[derive(Debug)]
 pub struct Failure {
-    code: i32,
+    code: u8,
     error: anyhow::Error,
 }
 
@@ -26,7 +26,7 @@ impl Failure {
     /// A signal ended the run.
     pub fn signal(signal: i32) -> anyhow::Error {
         Failure {
-            code: 128 + signal,
+            code: u8::try_from(128 + signal).unwrap_or(u8::MAX),
             error: anyhow::anyhow!("interrupted by signal {signal}"),
         }
         .into()
@@ -41,9 +41,23 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The exit code for an error that [`crate::Docker::run`] returned: 1 when it does not say.
-pub fn exit_code(error: &anyhow::Error) -> i32 {
+/// The exit code for an error that [`crate::Docker::run`] returned: 1 a build or push failed,
+/// 2 bad configuration or usage, 3 the engine or registry could not be used, 128 + N a signal
+/// N ended the run; 1 for an error that does not say.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<Failure>().map_or(1, |f| f.code)
+}
+
+/// How a program that ran [`crate::Docker::run`] ends: on an error, `error: ...` with its
+/// whole chain on stderr, and the error's [`exit_code`].
+pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(exit_code(&error))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,16 +32,11 @@ pub struct Head {
     pub branch: Option<String>,
 }
 
-/// The checkout of `dir`, from a single `git log` (the overhead of a dry run matters);
-/// `None` outside a git checkout or without git.
-pub fn head(dir: &Path) -> Option<Head> {
-    spawn_head(dir).wait()
-}
-
 /// A `git log` started by [`spawn_head`] that runs while the caller does other work.
 pub struct PendingHead(Option<Child>);
 
-/// Starts the `git log` of [`head`] without waiting for it: the caller overlaps it with loading
+/// Starts the one `git log` of a run (the overhead of a dry run matters) without waiting for
+/// it: the caller overlaps it with loading
 /// the workspace, without a thread of its own (its output is one short line, so it never fills
 /// the pipe while nobody reads).
 pub fn spawn_head(dir: &Path) -> PendingHead {

@@ -1,30 +1,74 @@
-//! `cargo xtask docker`: multi-stage Docker builds whose stage caches live in a registry.
+//! `cargo xtask docker`: multi-stage Docker builds whose stage caches live in a registry,
+//! declared in `Cargo.toml`.
 //!
-//! The data flows one way: [`manifest`] (the workspace's members) -> [`config`] (their
-//! Cargo.toml tables) -> [`dockerfile`] (the stage graph) -> [`package`] (the config checked
-//! against the graph) -> [`fingerprint`] (what the build reads from the checkout) -> [`plan`]
-//! (pure: the steps to run) -> [`engine`] (what the CLI and builder can do) -> [`exec`] (runs the
-//! steps) -> [`report`] (what happened). [`workspace`] ties them together.
+//! A package declares its image in `[package.metadata.docker]` (the README lists every key);
+//! this crate gives a repository's xtask the command that builds it with BuildKit, reading and
+//! pushing the caches of the Dockerfile's stages, so that a CI agent that starts with an empty
+//! Docker cache rebuilds only what changed. Embed [`Docker`] as one of your xtask's
+//! subcommands:
+//!
+//! ```no_run
+//! use xtask_docker::clap::{self, Parser};
+//!
+//! /// This repository's tasks.
+//! #[derive(Parser)]
+//! enum Xtask {
+//!     /// Build the images declared in `[package.metadata.docker]`.
+//!     Docker(xtask_docker::Docker),
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let Xtask::Docker(docker) = Xtask::parse();
+//!     xtask_docker::finish(docker.run())
+//! }
+//! ```
+//!
+//! [`finish`] prints an error with its causes and ends with its [`exit_code`]: 1 a build or
+//! push failed, 2 bad configuration, 3 the engine or registry could not be used, 128 + N a
+//! signal. A task that configures the command in code uses the builder methods of [`Docker`]
+//! and [`BuildArgs`]. `clap` and `anyhow` are re-exported, so the xtask needs no dependency of
+//! its own on them.
+//!
+//! Inside, data flows one way: `manifest` (the workspace's members) -> `config` (their
+//! Cargo.toml tables) -> `dockerfile` (the stage graph) -> `package` (the config checked
+//! against the graph) -> `fingerprint` (what the build reads from the checkout) -> `plan`
+//! (pure: every command the run may start) -> `engine` (what the CLI and builder can do, and
+//! how commands run) -> `exec` (runs the steps) -> `report` (what the user sees). `workspace`
+//! ties them together.
 
-pub mod cli;
+#![deny(missing_docs)]
+
+pub use anyhow;
+pub use clap;
+
+mod cli;
+#[doc(hidden)]
 pub mod config;
-pub mod diagnose;
+mod diagnose;
+#[doc(hidden)]
 pub mod dockerfile;
-pub mod engine;
-pub mod exec;
-pub mod failure;
-pub mod fingerprint;
-pub mod git;
-pub mod graph;
-pub mod labels;
+mod engine;
+mod exec;
+mod failure;
+mod fingerprint;
+mod git;
+mod graph;
+mod labels;
+#[doc(hidden)]
 pub mod manifest;
+#[doc(hidden)]
 pub mod package;
-pub mod plan;
-pub mod progress;
+mod plan;
+mod progress;
+#[doc(hidden)]
 pub mod reference;
-pub mod report;
+mod report;
+#[doc(hidden)]
 pub mod template;
+#[doc(hidden)]
 pub mod workspace;
 
-pub use cli::Docker;
-pub use failure::exit_code;
+pub use cli::{
+    BuildArgs, CheckArgs, Color, Command, Docker, GraphFormat, MessageFormat, PullCache, SelectArgs,
+};
+pub use failure::{exit_code, finish};

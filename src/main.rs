@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use xtask_docker::clap::{self, Parser};
 
 #[derive(Parser)]
 #[command(name = "xtask-docker", version)]
@@ -15,11 +15,5 @@ enum Cli {
 
 fn main() -> ExitCode {
     let Cli::Docker(docker) = Cli::parse();
-    match docker.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(u8::try_from(xtask_docker::exit_code(&error)).unwrap_or(1))
-        }
-    }
+    xtask_docker::finish(docker.run())
 }

@@ -136,6 +136,7 @@ impl BuildProgress {
     }
 
     /// The steps that ran (did not come from a cache), as BuildKit names them.
+    #[cfg(test)]
     pub fn ran(&self) -> Vec<String> {
         self.steps()
             .into_iter()

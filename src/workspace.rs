@@ -431,6 +431,10 @@ fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         return Err(Failure::signal(signal));
     }
     let engine = engine.map_err(Failure::engine)?;
+    reporter.detail(&format!(
+        "the docker CLI `{}` is {}, its engine {}",
+        options.docker, engine.client_version, engine.server_version
+    ));
     let run = session.run(
         &plan,
         exec::ExecOptions {

@@ -547,10 +547,9 @@ fn examples_are_valid() {
             .join("examples")
             .join(name)
             .join("Cargo.toml");
-        let packages = xtask_docker::workspace::load(&xtask_docker::cli::SelectArgs {
-            packages: Vec::new(),
-            manifest_path: Some(manifest),
-        })
+        let packages = xtask_docker::workspace::load(
+            &xtask_docker::SelectArgs::default().manifest_path(manifest),
+        )
         .unwrap();
         assert_eq!(packages.len(), 1);
     }

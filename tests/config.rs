@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use xtask_docker::cli::SelectArgs;
 use xtask_docker::workspace;
+use xtask_docker::SelectArgs;
 
 const DOCKERFILE: &str = "\
 FROM scratch AS toolchain
@@ -33,10 +33,11 @@ fn workspace(table: &str, dockerfile: Option<&str>) -> PathBuf {
 }
 
 fn load(dir: &Path, packages: &[&str]) -> anyhow::Result<Vec<xtask_docker::package::Package>> {
-    workspace::load(&SelectArgs {
-        packages: packages.iter().map(|p| p.to_string()).collect(),
-        manifest_path: Some(dir.join("Cargo.toml")),
-    })
+    let select = packages
+        .iter()
+        .fold(SelectArgs::default(), |select, p| select.package(*p))
+        .manifest_path(dir.join("Cargo.toml"));
+    workspace::load(&select)
 }
 
 /// The whole error chain, with the temp folder replaced by `DIR`.

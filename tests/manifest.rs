@@ -289,10 +289,9 @@ fn this_repository_and_its_examples() {
 
 /// Loads the tool's packages from `dir` as `build` and `check` do.
 fn load(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let packages = xtask_docker::workspace::load(&xtask_docker::cli::SelectArgs {
-        packages: Vec::new(),
-        manifest_path: Some(dir.join("Cargo.toml")),
-    })?;
+    let packages = xtask_docker::workspace::load(
+        &xtask_docker::SelectArgs::default().manifest_path(dir.join("Cargo.toml")),
+    )?;
     Ok(packages.into_iter().map(|p| p.config.package).collect())
 }
 

@@ -22,14 +22,10 @@ pub fn docker_program() -> String {
 /// A docker CLI whose daemon answered.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    /// The CLI.
-    pub docker: String,
     /// The CLI's version.
     pub client_version: String,
     /// The daemon's version.
     pub server_version: String,
-    /// Whether the buildx plugin answers.
-    pub buildx: bool,
     /// Every `repository:tag` the engine held before the run, when the plan asked (a build that
     /// ran no step on an engine that did not hold its tag got everything from the registry's
     /// caches); `None` when not asked or not known, which leaves nothing current.
@@ -171,10 +167,8 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
             .collect()
     });
     Ok(Engine {
-        docker: docker.to_string(),
         client_version,
         server_version,
-        buildx,
         local_tags,
     })
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::engine::process::Processes;
 use crate::engine::PROBE_TIMEOUT;
@@ -158,7 +158,6 @@ impl Session {
         local_tags: Option<std::collections::BTreeSet<String>>,
         listener: &dyn Listener,
     ) -> RunResult {
-        let started = Instant::now();
         let mut scheduler = Scheduler::new(plan, options.jobs, local_tags);
         if let Some(signal) = self.interrupted() {
             scheduler.on_signal(signal);
@@ -215,7 +214,7 @@ impl Session {
         }
         // A question asked early that no step took (a run stopped before it) ends with the run.
         self.processes.cancel();
-        scheduler.finish(started.elapsed().as_secs_f64())
+        scheduler.finish()
     }
 }
 

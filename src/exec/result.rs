@@ -77,8 +77,6 @@ pub enum Verdict {
 pub struct RunResult {
     /// One result per step that was started or skipped, in the order they ended.
     pub steps: Vec<StepResult>,
-    /// The run's wall time.
-    pub seconds: f64,
     /// The signal that interrupted the run, if one did.
     pub interrupted: Option<i32>,
     /// The packages whose build the registry holds: package -> marker tag.

@@ -327,10 +327,9 @@ impl<'p> Scheduler<'p> {
     }
 
     /// What the run did, once nothing runs any more.
-    pub fn finish(self, seconds: f64) -> RunResult {
+    pub fn finish(self) -> RunResult {
         RunResult {
             steps: self.results,
-            seconds,
             interrupted: self.interrupted,
             fresh: self.known.fresh,
         }
@@ -505,7 +504,7 @@ COPY --from=compile /out /out
             );
         }
         assert!(!scheduler.is_busy());
-        assert_eq!(scheduler.finish(0.0).fresh.len(), 1);
+        assert_eq!(scheduler.finish().fresh.len(), 1);
     }
 
     #[test]
@@ -640,7 +639,7 @@ COPY --from=compile /out /out
         assert!(!scheduler.on_signal(15), "a second signal is not the first");
         answer_all(&mut scheduler, &plan, &first, None, None);
         assert!(scheduler.start_ready(SystemTime::now()).is_empty());
-        assert_eq!(scheduler.finish(0.0).interrupted, Some(15));
+        assert_eq!(scheduler.finish().interrupted, Some(15));
     }
 
     #[test]

@@ -25,7 +25,6 @@ mod registry;
 mod shell;
 
 pub use marker::may_skip;
-pub use shell::quote;
 
 /// What to push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +61,7 @@ pub struct Options {
     pub tags: Vec<String>,
 }
 
+#[cfg(test)]
 impl Options {
     /// Options for `docker` that push nothing and pull nothing.
     pub fn new(docker: &str) -> Options {

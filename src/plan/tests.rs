@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use expect_test::expect;
 
+use super::shell::quote;
 use super::*;
 use crate::config::{CacheMode, Config, PushCache, Secret};
 use crate::reference::Repository;

@@ -19,7 +19,7 @@ pub mod summary;
 pub mod time;
 
 use message::Message;
-pub use stages::{fresh_packages, silent_misses, stage_reports, StageReport};
+pub use stages::{fresh_packages, silent_misses, stage_reports};
 pub use summary::summary;
 
 /// How much to print.
@@ -104,11 +104,6 @@ impl Reporter {
         std::io::stderr().is_terminal()
     }
 
-    /// The verbosity.
-    pub fn verbosity(&self) -> Verbosity {
-        self.verbosity
-    }
-
     fn err_line(&self, line: &str) {
         let _guard = self.lock.lock();
         match &self.live {
@@ -143,6 +138,13 @@ impl Reporter {
         if self.verbosity >= Verbosity::Normal {
             let tag = self.paint("1;36", "info");
             self.err_line(&format!("{tag}: {message}"));
+        }
+    }
+
+    /// A line that only `-v` shows: what the tool found out about the machine.
+    pub fn detail(&self, message: &str) {
+        if self.verbosity >= Verbosity::Verbose {
+            self.err_line(message);
         }
     }
 

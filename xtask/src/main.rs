@@ -43,12 +43,6 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            // 1 a build or push failed, 2 bad configuration, 3 the engine could not be used.
-            std::process::ExitCode::from(u8::try_from(xtask_docker::exit_code(&error)).unwrap_or(1))
-        }
-    }
+    // 1 a build or push failed, 2 bad configuration, 3 the engine could not be used.
+    xtask_docker::finish(result)
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::install::QEMU_AARCH64;
+use crate::paths::QEMU_AARCH64;
 use crate::tools;
 
 /// Where the kernel's `binfmt_misc` file system is mounted.

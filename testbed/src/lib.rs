@@ -39,6 +39,7 @@ mod engine;
 mod http;
 pub mod install;
 mod mounts;
+mod paths;
 mod process;
 mod registry;
 mod tools;

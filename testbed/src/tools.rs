@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 
 use xshell::{cmd, Shell};
 
-use crate::install::{BUSYBOX_ARM64, MODERN_DIR, QEMU_AARCH64};
-
-/// Where `engine install` puts the buildx plugin.
-pub(crate) const BUILDX_PLUGIN: &str = "/usr/libexec/docker/cli-plugins/docker-buildx";
+use crate::paths::{BUILDX_PLUGIN, BUSYBOX_ARM64, MODERN_DIR, QEMU_AARCH64};
 
 /// Other places the Docker CLI looks for plugins.
 const PLUGIN_DIRS: [&str; 4] = [

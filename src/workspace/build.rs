@@ -1,0 +1,228 @@
+//! `docker build`: load, fingerprint and plan every package, then run the plan and report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use crate::cli::{BuildArgs, MessageFormat, PullCache};
+use crate::config::CacheMode;
+use crate::failure::Failure;
+use crate::package::Package;
+use crate::plan::{Input, Push};
+use crate::report::message::{BuildFinished, PlanMessage};
+use crate::report::Reporter;
+use crate::template::Vars;
+use crate::{engine, exec, git, plan, report};
+
+use super::load::{load_from, Loaded, Members};
+
+/// The branch for `{branch}`: from `--branch`, else the CI's variables, else git. The same for
+/// every package, so asked once a run rather than once a package.
+fn branch(arg: Option<&str>, head: Option<&git::Head>) -> Option<String> {
+    arg.map(str::to_string)
+        .or_else(|| git::branch_from_env(|v| std::env::var(v).ok()))
+        .or_else(|| head.and_then(|h| h.branch.clone()))
+}
+
+/// The values a package's tags are filled with.
+fn vars(package: &Package, branch: &Option<String>, head: Option<&git::Head>) -> Vars {
+    Vars {
+        version: package.config.version.clone(),
+        git_sha: head.map(|h| h.sha.clone()),
+        branch: branch.clone(),
+    }
+}
+
+fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.starts_with('-') => {
+                Ok((k.to_string(), v.to_string()))
+            }
+            _ => bail!("option `--build-arg`: `{a}` is not `KEY=VALUE`"),
+        })
+        .collect()
+}
+
+/// Warnings about the configuration that are not errors.
+fn lint(package: &Package, reporter: &Reporter) {
+    let context = &package.config.context;
+    let ignored = crate::fingerprint::ignore_file(&package.config.dockerfile, context).is_some();
+    if !ignored && context.join("target").is_dir() {
+        reporter.warning(&format!(
+            "the build context `{}` holds a `target/` folder and has no `.dockerignore`: docker sends all of it to the builder on every build\nnote: add a `.dockerignore` with the line `target`",
+            context.display()
+        ));
+    }
+}
+
+/// Runs `docker build`.
+pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    // The whole command's time, which `Finished` reports: loading and the preflight included.
+    let started = std::time::Instant::now();
+    // The members first: where `cargo metadata` must tell them, a dry run's time is mostly its
+    // time, so nothing may delay it.
+    let members = Members::start(&args.select).map_err(Failure::config)?;
+    // One git call for the whole run (a workspace's packages share one checkout), made while
+    // the workspace loads: on a dry run it is most of the tool's own time.
+    let git_dir = match args
+        .select
+        .manifest_path
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let head = git::spawn_head(&git_dir);
+    let loaded = load_from(&args.select, members).map_err(Failure::config)?;
+    let head = head.wait();
+    let push = if args.push {
+        Push::All
+    } else if args.push_cache_only {
+        Push::CacheOnly
+    } else {
+        Push::Nothing
+    };
+    let options = plan::Options {
+        docker: engine::docker_program(),
+        push,
+        pull_first: args.pull_cache == PullCache::Always,
+        builder: args.builder.clone(),
+        load: args.load,
+        no_cache: args.no_cache,
+        rebuild: args.rebuild,
+        build_args: parse_build_args(&args.build_args).map_err(Failure::config)?,
+        tags: args.tags.clone(),
+    };
+    if let Some(branch) = &args.branch {
+        if branch.starts_with('-') || branch.trim().is_empty() {
+            return Err(Failure::config(anyhow::anyhow!(
+                "option `--branch`: `{branch}` is not a branch name"
+            )));
+        }
+    }
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+        reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
+    }
+    // What each build reads from the checkout, where a build that the registry already holds
+    // may be skipped. On this thread: for the small contexts of a dry run, threads cost more
+    // than they save; packages that share a context hash it once.
+    let wanted = plan::may_skip(&options);
+    let mut contexts = crate::fingerprint::Contexts::default();
+    let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> = loaded
+        .iter()
+        .map(|l| wanted.then(|| crate::fingerprint::sources(&l.package, &mut contexts)))
+        .collect();
+    let branch = branch(args.branch.as_deref(), head.as_ref());
+    let mut inputs = Vec::new();
+    for (
+        Loaded {
+            package,
+            labels: mut source,
+        },
+        fingerprint,
+    ) in loaded.into_iter().zip(fingerprints)
+    {
+        let sources = match fingerprint {
+            Some(Ok(sources)) => Some(sources),
+            Some(Err(why)) => {
+                reporter.info(&format!(
+                    "package `{}` is built even if the registry holds the same build: {}",
+                    package.config.package, why.0
+                ));
+                None
+            }
+            None => None,
+        };
+        lint(&package, reporter);
+        let vars = vars(&package, &branch, head.as_ref());
+        source.revision = head.as_ref().map(|h| h.sha.clone());
+        source.created = head.as_ref().map(|h| h.time.clone());
+        let labels = crate::labels::oci_labels(&source, &package.config.labels);
+        inputs.push(Input {
+            package,
+            vars,
+            labels,
+            sources,
+        });
+    }
+    let plan = plan::plan(&inputs, &options).map_err(Failure::config)?;
+    // Only JSON output reads the event, and building it costs as much as planning (a JSON
+    // value of every step's argv, made and dropped on every dry run otherwise).
+    if args.message_format == MessageFormat::Json {
+        reporter.event(&PlanMessage::new(&plan));
+    }
+    if args.dry_run {
+        reporter.stdout(&plan.to_shell());
+        return Ok(());
+    }
+
+    let needs = engine::Needs {
+        buildx: options.builder.is_some()
+            || inputs.iter().any(|i| {
+                let c = &i.package.config;
+                c.cache == CacheMode::Registry
+                    || c.platforms.len() > 1
+                    || c.provenance.is_some()
+                    || c.sbom.is_some()
+            }),
+        cache_export: inputs
+            .iter()
+            .any(|i| i.package.config.cache == CacheMode::Registry)
+            && push != Push::Nothing,
+        multi_platform: inputs.iter().any(|i| i.package.config.platforms.len() > 1),
+        builder: options.builder.clone(),
+        local_tags: plan.steps.iter().any(|s| match &s.action {
+            plan::Action::Build(b) => b.skip_if_current,
+            plan::Action::Push(p) => p.skip_if_current,
+            _ => false,
+        }),
+    };
+    // From here on a signal ends every command of the run, the registry's questions that go
+    // out during the preflight included.
+    let mut session = exec::Session::new();
+    session.prefetch(&plan);
+    let engine = engine::preflight(&options.docker, &needs, session.processes());
+    if let Some(signal) = session.interrupted() {
+        return Err(Failure::signal(signal));
+    }
+    let engine = engine.map_err(Failure::engine)?;
+    reporter.detail(&format!(
+        "the docker CLI `{}` is {}, its engine {}",
+        options.docker, engine.client_version, engine.server_version
+    ));
+    let run = session.run(
+        &plan,
+        exec::ExecOptions {
+            jobs: usize::from(args.jobs),
+        },
+        engine.local_tags,
+        reporter,
+    );
+    let reports = report::stage_reports(&plan, &run);
+    for warning in report::silent_misses(&plan, &run) {
+        reporter.warning(&warning);
+    }
+    reporter.stderr(&report::summary(&reports));
+    let success = run.failure().is_none() && run.interrupted.is_none();
+    let fresh = report::fresh_packages(&run);
+    reporter.event(&BuildFinished::new(
+        success,
+        started.elapsed().as_secs_f64(),
+        &reports,
+        &fresh,
+    ));
+    if let Some(signal) = run.interrupted {
+        return Err(Failure::signal(signal));
+    }
+    if let Some(failure) = run.failure() {
+        return Err(Failure::build(anyhow::anyhow!("{failure}")));
+    }
+    reporter.status(
+        "Finished",
+        &format!("in {:.1}s", started.elapsed().as_secs_f64()),
+    );
+    Ok(())
+}

@@ -1,11 +1,62 @@
-//! Reads BuildKit's plain progress output (`--progress=plain`) and docker's push output.
+//! Reads a build's progress output, in either of BuildKit's two forms, and docker push's output.
+//!
+//! - buildx's `--progress=rawjson` ([`rawjson`]): BuildKit's own `SolveStatus` messages, one
+//!   JSON object at a time (buildx 0.13 indents them over many lines), with the CLI's text lines
+//!   (a failed build's summary) in between.
+//! - the plain printer's `--progress=plain` ([`plain`]), the only form the 20.10 CLI has.
+//!
+//! **Whether a step came from a cache.** BuildKit tells it in the messages of the step's vertex:
+//! loading a result from a cache sends the vertex `cached` at its start and at its end, with an
+//! error if the load failed (then the step is executed after all); executing the step's op sends
+//! it uncached, naming its inputs; and on dockerd 26 (BuildKit 0.13), downloading the layers of
+//! a result loaded from a remote cache sends the vertex once more, started and completed anew,
+//! uncached and without its inputs (the downloads' progress controller; seen here on every fresh
+//! agent, for the final target's last step and for every hit a running step reads). The plain
+//! printer prints only a vertex's latest message when it gets to print: a hit whose download
+//! round came in before that prints `DONE` instead of `CACHED` (seen in 2 of 20 builds of the
+//! five-stage example on two agents at once; nearly always with the 20.10 CLI on dockerd 26).
+//! So:
+//! - a step is a **hit** when a message had its result loaded from a cache (`cached`,
+//!   completed, no error), and no message says its op executed;
+//! - a step **ran** otherwise, and it is **known to have run while the build goes on** only from
+//!   the completion of its op's execution (completed, uncached, no error, naming its inputs). A
+//!   step without inputs (`FROM` an image) is resolved uncached before it may be loaded from a
+//!   cache, so it is never known to have run before its build ends.
+//!
+//! The plain printer's `CACHED` holds the same evidence but may lose it: a `DONE` without
+//! `CACHED` counts as run (the safe side), and on dockerd 20.10 (BuildKit 0.8, which downloads
+//! inside the load) it is exact. A `DONE` that made a step known to have run is not undone by a
+//! later `CACHED`: what the scheduler decided during the build, the counts say after it.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+mod plain;
+mod rawjson;
+#[cfg(test)]
+mod tests;
+
+/// Which of BuildKit's progress forms a build printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `--progress=plain`: a hit whose layers were downloaded may read as a step that ran.
+    Plain,
+    /// `--progress=rawjson`: hits and runs are told apart.
+    RawJson,
+}
 
 /// What one build's progress output told.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildProgress {
-    vertices: BTreeMap<u32, Vertex>,
+    /// Plain's vertices, by the number it prints (`#12`).
+    plain: BTreeMap<u32, Vertex>,
+    /// rawjson's vertices, in the order they were first named.
+    json: Vec<Vertex>,
+    /// How many of them started (and so got a number).
+    started: u32,
+    /// rawjson's vertex digests, with their index in `json`.
+    digests: BTreeMap<String, usize>,
+    /// The lines of a JSON object still being read.
+    pending: rawjson::Pending,
     /// The image id from `writing image sha256:...`.
     pub image_id: Option<String>,
 }
@@ -13,11 +64,40 @@ pub struct BuildProgress {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Vertex {
     name: String,
-    cached: bool,
-    /// `DONE` seen: it finished (a cache hit prints `CACHED` and no `DONE`).
-    done: bool,
+    /// Its result came from a cache: plain printed `CACHED`, or a JSON message said it was
+    /// loaded (cached, completed, no error).
+    hit: bool,
+    /// Known to have run: plain printed `DONE` before any `CACHED` (for a step that is not a
+    /// `FROM`), or a JSON message completed its op's execution. Never taken back.
+    ran: bool,
     seconds: f64,
     error: Option<String>,
+    /// When it started (rawjson's RFC 3339 time), to place its log lines.
+    started: Option<String>,
+    /// rawjson: its number in the order vertices started, as the plain printer numbers them
+    /// (0 while it has not started: a vertex that never starts is no step of the build).
+    number: u32,
+    /// rawjson: its name was said (in plain's words).
+    shown: bool,
+}
+
+impl Vertex {
+    /// Came from a cache, by the rule above.
+    fn cached(&self) -> bool {
+        self.hit && !self.ran
+    }
+}
+
+/// What one line of a build's output told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// What to show a person: the line itself, or what a JSON message said in the plain
+    /// printer's words (`#3 [compile 2/5] RUN make`, `#3 CACHED`, log lines...); nothing while
+    /// a JSON object is still being read.
+    pub text: Vec<String>,
+    /// Whether a step became known to have run: the moment to ask
+    /// [`BuildProgress::stages_that_ran_so_far`] again.
+    pub ran: bool,
 }
 
 /// One Dockerfile step as the build reported it.
@@ -51,62 +131,69 @@ pub struct CacheImport {
 }
 
 impl BuildProgress {
-    /// Takes one line of output.
+    /// Takes one line of output, in either form.
     pub fn feed(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix('#') else {
-            return;
-        };
-        let Some((number, text)) = rest.split_once(' ') else {
-            return;
-        };
-        let Ok(number) = number.parse::<u32>() else {
-            return;
-        };
-        let vertex = self.vertices.entry(number).or_default();
-        if vertex.name.is_empty() && !text.starts_with("sha256:") {
-            vertex.name = text.to_string();
-        } else if text == "CACHED" {
-            vertex.cached = true;
-        } else if let Some(seconds) = text.strip_prefix("DONE ").and_then(|t| t.strip_suffix('s')) {
-            vertex.seconds = seconds.parse().unwrap_or(0.0);
-            vertex.done = true;
-        } else if let Some(error) = text
-            .strip_prefix("ERROR: ")
-            .or_else(|| text.strip_prefix("ERROR "))
-        {
-            vertex.error = Some(error.to_string());
-        } else if let Some(id) = text.strip_prefix("writing image ") {
-            // `writing image sha256:... done`
-            self.image_id = id.split_whitespace().next().map(str::to_string);
+        self.read(line);
+    }
+
+    /// Takes one line of output, in either form, and says what it told.
+    pub fn read(&mut self, line: &str) -> Reading {
+        match rawjson::take(&mut self.pending, line) {
+            rawjson::Taken::Partial => Reading::default(),
+            rawjson::Taken::Message(status) => self.apply_json(status),
+            rawjson::Taken::Text(lines) => {
+                let mut reading = Reading::default();
+                for line in lines {
+                    reading.ran |= self.apply_plain(&line);
+                    reading.text.push(line);
+                }
+                reading
+            }
         }
+    }
+
+    /// The form the build printed its progress in, if any.
+    pub fn format(&self) -> Option<Format> {
+        if !self.json.is_empty() {
+            Some(Format::RawJson)
+        } else if !self.plain.is_empty() {
+            Some(Format::Plain)
+        } else {
+            None
+        }
+    }
+
+    /// Every vertex that was printed or started: plain's, then rawjson's, each in its
+    /// numbering.
+    fn vertices(&self) -> impl Iterator<Item = &Vertex> {
+        let mut json: Vec<&Vertex> = self.json.iter().filter(|v| v.number > 0).collect();
+        json.sort_by_key(|v| v.number);
+        self.plain.values().chain(json)
     }
 
     /// The Dockerfile steps, in BuildKit's vertex order.
     pub fn steps(&self) -> Vec<StepReport> {
-        self.vertices
-            .values()
+        self.vertices()
             .filter_map(|v| {
-                let stage = dockerfile_step_stage(&v.name)?;
                 Some(StepReport {
+                    stage: dockerfile_step_stage(&v.name)?,
                     name: v.name.clone(),
-                    stage,
-                    cached: v.cached,
+                    cached: v.cached(),
                     seconds: v.seconds,
                 })
             })
             .collect()
     }
 
-    /// The Dockerfile steps known to have run while the build still goes on: finished, and not
-    /// from a cache. (A step just started may yet print `CACHED`.)
+    /// The Dockerfile steps known to have run while the build still goes on (see the module's
+    /// rule: a step that may yet turn out to come from a cache is not among them).
     pub fn ran_so_far(&self) -> Vec<StepReport> {
-        self.vertices
-            .values()
-            .filter(|v| v.done && !v.cached)
+        self.vertices()
+            .filter(|v| v.ran)
             .filter_map(|v| {
                 Some(StepReport {
-                    name: v.name.clone(),
                     stage: dockerfile_step_stage(&v.name)?,
+                    name: v.name.clone(),
                     cached: false,
                     seconds: v.seconds,
                 })
@@ -147,8 +234,7 @@ impl BuildProgress {
 
     /// The `--cache-from` sources BuildKit tried, and how each went.
     pub fn imports(&self) -> Vec<CacheImport> {
-        self.vertices
-            .values()
+        self.vertices()
             .filter_map(|v| {
                 let reference = v.name.strip_prefix("importing cache manifest from ")?;
                 Some(CacheImport {
@@ -170,8 +256,7 @@ impl BuildProgress {
 
     /// The errors that BuildKit reported for Dockerfile steps, with the step they belong to.
     pub fn errors(&self) -> Vec<String> {
-        self.vertices
-            .values()
+        self.vertices()
             .filter(|v| !v.name.starts_with("importing cache manifest from "))
             .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
             .collect()
@@ -179,12 +264,25 @@ impl BuildProgress {
 
     /// The stage of the first step that failed.
     pub fn failed_stage(&self) -> Option<String> {
-        self.vertices
-            .values()
+        self.vertices()
             .filter(|v| v.error.is_some())
             .find_map(|v| dockerfile_step_stage(&v.name))
             .flatten()
     }
+}
+
+/// A build's whole output as a person reads it: plain lines as they are, rawjson messages in
+/// the plain printer's words (for a failed step's last lines).
+pub fn readable(output: &str) -> String {
+    let mut progress = BuildProgress::default();
+    let mut text = String::new();
+    for line in output.lines() {
+        for shown in progress.read(line).text {
+            text.push_str(&shown);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// For `[compile 2/5] RUN ...`, `[stage-1 1/2] COPY ...` or `[2/3] RUN ...` (a step of the
@@ -212,167 +310,4 @@ pub fn push_digest(output: &str) -> Option<String> {
 /// The stages of `steps`, each as [`StepReport::stage_or`] `build_stage` names it.
 fn stages(steps: impl Iterator<Item = StepReport>, build_stage: &str) -> BTreeSet<String> {
     steps.map(|s| s.stage_or(build_stage).to_string()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Lines as the 20.10 engine's BuildKit printed them here.
-    const CACHED_BUILD: &str = "\
-#1 [internal] load build definition from Dockerfile
-#1 sha256:2eeca46beb295a6c34b26637f7a0f6fd69d5d6971aa89e7a05ad62bcea36a1cc
-#1 transferring dockerfile: 32B done
-#1 DONE 0.0s
-
-#3 importing cache manifest from 127.0.0.1:5055/svc:compile
-#3 DONE 0.0s
-
-#7 [compile 1/5] WORKDIR /src
-#7 CACHED
-
-#9 [compile 3/5] RUN sleep 2 && dd if=/dev/urandom of=/toolchain.bin bs=1M count=8 2>/dev/null
-#9 pulling sha256:2d626481f6214841128d1d205d951456e47a404b85162be40f45c14c3d417c63 0.0s done
-#9 CACHED
-
-#12 [runtime 1/1] COPY --from=compile /out/service /usr/local/bin/service
-#12 DONE 0.0s
-
-#14 exporting to image
-#14 exporting layers done
-#14 writing image sha256:c2d64abe68b39f9724b52ed9369240d1f2010eab97764387fc665311a10a1e58 done
-#14 naming to 127.0.0.1:5055/svc:dev done
-";
-
-    #[test]
-    fn counts_steps_and_cache_hits() {
-        let mut progress = BuildProgress::default();
-        CACHED_BUILD.lines().for_each(|l| progress.feed(l));
-        assert_eq!(progress.step_count(), 3);
-        assert_eq!(progress.cached(), 2);
-        assert_eq!(progress.steps()[1].seconds, 0.0);
-        assert_eq!(progress.steps()[2].stage.as_deref(), Some("runtime"));
-        assert_eq!(progress.steps()[2].stage_or("other"), "runtime");
-        let unnamed = StepReport {
-            name: "[2/2] RUN x".into(),
-            stage: None,
-            cached: false,
-            seconds: 0.0,
-        };
-        assert_eq!(unnamed.stage_or("stage-0"), "stage-0");
-        assert_eq!(
-            progress.ran(),
-            vec!["[runtime 1/1] COPY --from=compile /out/service /usr/local/bin/service"]
-        );
-        assert_eq!(
-            progress.image_id.as_deref(),
-            Some("sha256:c2d64abe68b39f9724b52ed9369240d1f2010eab97764387fc665311a10a1e58")
-        );
-    }
-
-    #[test]
-    fn knows_a_step_ran_only_once_it_is_done() {
-        let mut progress = BuildProgress::default();
-        let names = |p: &BuildProgress| -> Vec<String> {
-            p.ran_so_far().into_iter().map(|s| s.name).collect()
-        };
-        // Started: it may yet come from the cache.
-        progress.feed("#9 [compile 3/5] RUN sleep 2");
-        assert!(names(&progress).is_empty());
-        progress.feed("#9 CACHED");
-        assert!(names(&progress).is_empty());
-        progress.feed("#10 [compile 4/5] COPY src ./src");
-        progress.feed("#10 DONE 0.0s");
-        progress.feed("#1 [internal] load build definition from Dockerfile");
-        progress.feed("#1 DONE 0.0s");
-        progress.feed("#11 [compile 5/5] RUN make");
-        progress.feed("#11 0.512 compiling");
-        assert_eq!(names(&progress), ["[compile 4/5] COPY src ./src"]);
-        assert_eq!(progress.ran_so_far()[0].stage.as_deref(), Some("compile"));
-        progress.feed("#12 [runtime 1/1] COPY --from=compile /out /out");
-        assert_eq!(
-            progress.stages_that_ran_so_far("x"),
-            BTreeSet::from(["compile".to_string()])
-        );
-        // Once the build ended, a step that did not come from a cache ran.
-        assert_eq!(
-            progress.stages_that_ran("x"),
-            BTreeSet::from(["compile".to_string(), "runtime".to_string()])
-        );
-    }
-
-    #[test]
-    fn keeps_errors_with_their_step() {
-        let mut progress = BuildProgress::default();
-        for line in [
-            "#5 [compile 2/2] RUN false",
-            "#5 ERROR: executor failed running [/bin/sh -c false]: exit code: 1",
-        ] {
-            progress.feed(line);
-        }
-        assert_eq!(
-            progress.errors(),
-            vec![
-                "[compile 2/2] RUN false: executor failed running [/bin/sh -c false]: exit code: 1"
-            ]
-        );
-        assert_eq!(progress.ran().len(), 1);
-    }
-
-    #[test]
-    fn tells_dockerfile_steps_from_internal_ones() {
-        let stage = |name: &str| dockerfile_step_stage(name);
-        assert_eq!(stage("[compile 2/5] RUN x"), Some(Some("compile".into())));
-        assert_eq!(
-            stage("[stage-1 1/2] COPY a b"),
-            Some(Some("stage-1".into()))
-        );
-        assert_eq!(stage("[2/3] RUN x"), Some(None));
-        assert_eq!(stage("[internal] load build context"), None);
-        assert_eq!(stage("[auth] library/rust:pull token"), None);
-        assert_eq!(stage("exporting to image"), None);
-        assert_eq!(stage("[compile /] x"), None);
-    }
-
-    #[test]
-    fn reads_cache_imports_and_their_errors() {
-        // The 20.10 engine, one missing cache image and one registry that is down.
-        let out = "\
-#7 importing cache manifest from 127.0.0.1:5999/down:x
-#7 ERROR: failed to do request: Head \"http://127.0.0.1:5999/v2/down/manifests/x\": dial tcp 127.0.0.1:5999: connect: connection refused
-
-#6 importing cache manifest from 127.0.0.1:5055/none:x
-#6 ERROR: 127.0.0.1:5055/none:x: not found
-
-#3 importing cache manifest from 127.0.0.1:5055/svc:compile
-#3 DONE 0.0s
-";
-        let mut progress = BuildProgress::default();
-        out.lines().for_each(|l| progress.feed(l));
-        let imports = progress.imports();
-        assert_eq!(imports.len(), 3);
-        assert_eq!(imports[0].reference, "127.0.0.1:5055/svc:compile");
-        assert_eq!(imports[0].error, None);
-        assert_eq!(progress.imported(), ["127.0.0.1:5055/svc:compile"]);
-        assert!(imports[1].error.as_deref().unwrap().ends_with("not found"));
-        assert!(imports[2]
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("connection refused"));
-        assert!(
-            progress.errors().is_empty(),
-            "import errors are not build errors"
-        );
-    }
-
-    #[test]
-    fn reads_the_pushed_digest() {
-        let out = "14147414d18b: Pushed\ncompile: digest: sha256:db4e6dfd0499cccb4942d31de2d98e031d81a58307582683157116d9c48995f0 size: 1774\n";
-        assert_eq!(
-            push_digest(out).as_deref(),
-            Some("sha256:db4e6dfd0499cccb4942d31de2d98e031d81a58307582683157116d9c48995f0")
-        );
-        assert_eq!(push_digest("no digest here"), None);
-    }
 }

@@ -5,7 +5,10 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use xtask_docker::progress::{BuildProgress, Format};
 
 use support::{edit, example, seed_script, stage_counts, tool, Run};
 
@@ -326,7 +329,7 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
     classic.stop();
 
     let first = tools.modern_engine().unwrap();
-    ok(tool(&tools.cli28, &first, &args));
+    let ok_run = ok(tool(&tools.cli28, &first, &args));
     first.stop();
     let mut tags = registry.tags("acme/five-stage").unwrap();
     tags.sort();
@@ -334,31 +337,82 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
     let marker = tags.remove(marker.expect("the marker tag"));
     assert_eq!(tags, ["buildcache", "latest"]);
     // `buildx imagetools create` wraps a single manifest in an index: the marker holds the final
-    // image, which the third agent's check below relies on.
+    // image, which the fourth agent's check below relies on.
     assert!(registry
         .manifest_digest("acme/five-stage", &marker)
         .unwrap()
         .is_some());
 
-    // Through a build, every step comes from the registry cache ...
-    let second = tools.modern_engine().unwrap();
-    let mut rebuild = args.to_vec();
-    rebuild.push("--rebuild");
-    let run = ok(tool(&tools.cli28, &second, &rebuild));
-    for (stage, steps, cached) in stage_counts(&run) {
-        assert!(
-            steps > 0 && cached == steps,
-            "stage {stage}: {cached}/{steps} from the registry cache\n{}",
-            run.stderr
-        );
-    }
-    second.stop();
-    // ... and without `--rebuild` the marker, copied in the registry, spares the build.
+    let cold = stage_counts(&ok_run);
     let latest = registry
         .manifest_digest("acme/five-stage", "latest")
         .unwrap();
+    assert!(latest.is_some());
+
+    // Through a build (`--rebuild`), on fresh agents, every step comes from the registry cache.
+    // BuildKit's plain progress may print a hit whose layers are downloaded as `DONE` (dockerd
+    // 26, the step varies from run to run), so the evidence is the tool's own build command
+    // with `--progress=rawjson`, read by the tool's parser (see `progress`).
+    let mut rebuild = args.to_vec();
+    rebuild.push("--rebuild");
+    let before = stored_blobs(&registry);
+    let second = tools.modern_engine().unwrap();
+    let build = final_build(&tools, &second, &rebuild);
+    let progress = build.run_with_rawjson(&tools, &second);
+    second.stop();
+    assert_eq!(
+        progress.cached(),
+        progress.step_count(),
+        "steps that ran: {:?}",
+        progress.ran()
+    );
+    let mut steps: BTreeMap<String, u64> = BTreeMap::new();
+    for step in progress.steps() {
+        *steps
+            .entry(step.stage_or("runtime").to_string())
+            .or_default() += 1;
+    }
+    let cold_steps: BTreeMap<String, u64> = cold.iter().map(|(s, n, _)| (s.clone(), *n)).collect();
+    assert_eq!(steps, cold_steps, "the same steps as the cold build's");
+    assert_eq!(
+        registry
+            .manifest_digest("acme/five-stage", "latest")
+            .unwrap(),
+        latest,
+        "the same image"
+    );
+    no_new_layer(&registry, &before, "the rebuild from the registry cache");
+
+    // The tool itself through the same build: the same image, and no layer stored anew.
     let third = tools.modern_engine().unwrap();
-    let run = ok(tool(&tools.cli28, &third, &args));
+    let run = ok(tool(&tools.cli28, &third, &rebuild));
+    third.stop();
+    assert!(
+        kinds_done(&run).contains(&"build".to_string()),
+        "{}",
+        run.stderr
+    );
+    if build.reads_rawjson() {
+        // Once the tool's builds read rawjson, its own counts hold the same evidence.
+        for (stage, steps, cached) in stage_counts(&run) {
+            assert!(
+                steps > 0 && cached == steps,
+                "stage {stage}: {cached}/{steps} from the registry cache\n{}",
+                run.stderr
+            );
+        }
+    }
+    assert_eq!(
+        registry
+            .manifest_digest("acme/five-stage", "latest")
+            .unwrap(),
+        latest
+    );
+    no_new_layer(&registry, &before, "the tool's rebuild");
+
+    // Without `--rebuild` the marker, copied in the registry, spares the build.
+    let fourth = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &fourth, &args));
     assert_eq!(kinds_done(&run), Vec::<String>::new(), "{}", run.stderr);
     assert!(found_fresh(&run, "five-stage"), "{}", run.stderr);
     assert_eq!(
@@ -367,6 +421,121 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
             .unwrap(),
         latest
     );
+}
+
+/// A build step of the tool's plan, as its `plan` event gives it.
+struct PlannedBuild {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// The final build of the tool's plan for `args` (from a `--dry-run`, which needs no engine).
+fn final_build(tools: &testbed::Tools, agent: &testbed::Engine, args: &[&str]) -> PlannedBuild {
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let run = ok(tool(&tools.cli28, agent, &dry));
+    let plan = support::events(&run)
+        .into_iter()
+        .find(|e| e["reason"] == "plan")
+        .expect("a plan event");
+    let build = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "build" && s["detail"]["final"] == true)
+        .expect("a final build")
+        .clone();
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    PlannedBuild {
+        program: text(&build["program"]),
+        args: build["args"].as_array().unwrap().iter().map(text).collect(),
+        env: build["env"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect(),
+    }
+}
+
+impl PlannedBuild {
+    /// Whether it prints BuildKit's rawjson progress.
+    fn reads_rawjson(&self) -> bool {
+        let progress: Vec<&String> = self
+            .args
+            .iter()
+            .filter(|a| a.starts_with("--progress="))
+            .collect();
+        assert_eq!(progress.len(), 1, "one progress flag: {:?}", self.args);
+        progress[0] == "--progress=rawjson"
+    }
+
+    /// Runs it on `agent` with `--progress=rawjson`, and reads its progress (stderr) with the
+    /// tool's parser.
+    fn run_with_rawjson(&self, tools: &testbed::Tools, agent: &testbed::Engine) -> BuildProgress {
+        assert_eq!(Path::new(&self.program), tools.cli28.as_path());
+        let args: Vec<&str> = self
+            .args
+            .iter()
+            .map(|a| {
+                if a.starts_with("--progress=") {
+                    "--progress=rawjson"
+                } else {
+                    a.as_str()
+                }
+            })
+            .collect();
+        let out = support::docker(&tools.cli28, agent, &args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{} {args:?}:\n{stderr}", self.program);
+        let mut progress = BuildProgress::default();
+        stderr.lines().for_each(|l| progress.feed(l));
+        assert_eq!(progress.format(), Some(Format::RawJson), "{stderr}");
+        assert!(progress.step_count() > 0, "{stderr}");
+        progress
+    }
+}
+
+/// The blobs in the registry's storage, by digest, with their paths.
+fn stored_blobs(registry: &testbed::Registry) -> BTreeMap<String, std::path::PathBuf> {
+    let root = registry.dir().join("data/docker/registry/v2/blobs/sha256");
+    let mut blobs = BTreeMap::new();
+    for prefix in std::fs::read_dir(&root).unwrap() {
+        for blob in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+            let blob = blob.unwrap();
+            let digest = format!("sha256:{}", blob.file_name().to_string_lossy());
+            blobs.insert(digest, blob.path().join("data"));
+        }
+    }
+    blobs
+}
+
+/// Asserts that every blob the registry stored since `before` is a JSON document (an image or
+/// cache manifest or config), none a layer (a tarball, gzip or zstd).
+fn no_new_layer(
+    registry: &testbed::Registry,
+    before: &BTreeMap<String, std::path::PathBuf>,
+    what: &str,
+) {
+    let mut new = 0;
+    for (digest, path) in stored_blobs(registry) {
+        if before.contains_key(&digest) {
+            continue;
+        }
+        new += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.is_object()),
+            "{what} stored a new blob `{digest}` that is no JSON document: {} bytes starting {:02x?}",
+            bytes.len(),
+            &bytes[..bytes.len().min(4)]
+        );
+    }
+    eprintln!("{what}: {new} new blobs, all JSON documents");
 }
 
 /// Whether the run's registry check found `package`'s very build in the registry.

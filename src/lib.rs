@@ -59,7 +59,8 @@ pub mod manifest;
 #[doc(hidden)]
 pub mod package;
 mod plan;
-mod progress;
+#[doc(hidden)]
+pub mod progress;
 #[doc(hidden)]
 pub mod reference;
 mod report;

@@ -223,7 +223,6 @@ impl BuildProgress {
     }
 
     /// The steps that ran (did not come from a cache), as BuildKit names them.
-    #[cfg(test)]
     pub fn ran(&self) -> Vec<String> {
         self.steps()
             .into_iter()

@@ -244,7 +244,7 @@ fn dry_run_prints_the_plan_and_needs_no_engine() {
     );
     // The final target first; the intermediate stage after it, to tag and push its cache.
     assert!(
-        lines[5].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
+        lines[5].starts_with("DOCKER_BUILDKIT=1 /nonexistent/docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime"),
         "{stdout}"
     );
     assert!(

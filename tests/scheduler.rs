@@ -284,12 +284,12 @@ fn nothing_ran_so_the_stage_build_and_the_cache_pushes_are_left_alone() {
     assert_eq!(
         fake.position("start build"),
         fake.position(
-            "start build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime"
+            "start build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime"
         )
     );
     assert!(
         fake.position(
-            "start build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile"
+            "start build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile"
         )
         .is_none(),
         "{:#?}",
@@ -336,11 +336,13 @@ fn a_step_that_ran_pulls_the_old_image_during_the_final_build_and_rebuilds_after
         .position(&format!("start pull {IMAGE}:compile"))
         .expect("the pull");
     let final_end = fake
-        .position("end build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime")
+        .position(
+            "end build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime",
+        )
         .unwrap();
     let stage_start = fake
         .position(
-            "start build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile",
+            "start build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile",
         )
         .unwrap();
     assert!(

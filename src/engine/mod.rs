@@ -22,6 +22,8 @@ pub fn docker_program() -> String {
 /// A docker CLI whose daemon answered.
 #[derive(Debug, Clone)]
 pub struct Engine {
+    /// What the plan needs to know of the CLI.
+    pub cli: crate::plan::Cli,
     /// The CLI's version.
     pub client_version: String,
     /// The daemon's version.
@@ -104,6 +106,11 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
+    let buildx_version = buildx
+        .as_ref()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| buildx_version(&String::from_utf8_lossy(&o.stdout)));
     let buildx = buildx.is_ok_and(|o| o.status.success());
     if major >= 23 && !buildx {
         bail!(
@@ -166,7 +173,12 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
             .map(str::to_string)
             .collect()
     });
+    let cli = crate::plan::Cli {
+        build_through_buildx: major >= 23,
+        rawjson: buildx_version.is_some_and(|v| v >= (0, 13)),
+    };
     Ok(Engine {
+        cli,
         client_version,
         server_version,
         local_tags,
@@ -236,4 +248,39 @@ pub fn read_inspect(image: &str, output: &std::io::Result<Output>) -> Answer {
         ));
     }
     Ok(Some(digests))
+}
+
+/// `(major, minor)` of what `docker buildx version` prints: `github.com/docker/buildx v0.13.1
+/// HASH`, or Debian's `github.com/docker/buildx 0.13.1+ds1 0.13.1+ds1-3`.
+fn buildx_version(text: &str) -> Option<(u32, u32)> {
+    let word = text.split_whitespace().nth(1)?;
+    let mut parts = word.trim_start_matches('v').split(['.', '+', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buildx_version;
+
+    #[test]
+    fn reads_buildx_versions() {
+        // Debian 13's plugin, here; Docker's own plugin.
+        assert_eq!(
+            buildx_version("github.com/docker/buildx 0.13.1+ds1 0.13.1+ds1-3\n"),
+            Some((0, 13))
+        );
+        assert_eq!(
+            buildx_version(
+                "github.com/docker/buildx v0.12.1 30feaa1a915b869ebc2eea6328624b49facd4bfb"
+            ),
+            Some((0, 12))
+        );
+        assert_eq!(
+            buildx_version("github.com/docker/buildx v1.0.0 x"),
+            Some((1, 0))
+        );
+        assert_eq!(buildx_version("nonsense"), None);
+    }
 }

@@ -67,8 +67,8 @@ pub struct Session {
     signals: Option<signal_hook::iterator::Handle>,
     /// The first signal, once one came.
     interrupted: Arc<AtomicI32>,
-    /// Questions to the registry started early, by step.
-    asked: BTreeMap<usize, JoinHandle<io::Result<Output>>>,
+    /// Questions to the registry started early, by step, with their argv.
+    asked: BTreeMap<usize, (Vec<String>, JoinHandle<io::Result<Output>>)>,
 }
 
 impl Session {
@@ -144,7 +144,7 @@ impl Session {
             );
             let handle =
                 std::thread::spawn(move || processes.capture(&program, &args, PROBE_TIMEOUT));
-            self.asked.insert(step.id, handle);
+            self.asked.insert(step.id, (step.args.clone(), handle));
         }
     }
 
@@ -169,7 +169,12 @@ impl Session {
                         listener.started(plan, step);
                         let (step, processes, tx) =
                             (step.clone(), self.processes.clone(), self.tx.clone());
-                        let asked = self.asked.remove(&step.id);
+                        // An answer to the very question the step asks, if it was asked early.
+                        let asked = self
+                            .asked
+                            .remove(&step.id)
+                            .filter(|(args, _)| *args == step.args)
+                            .map(|(_, handle)| handle);
                         std::thread::spawn(move || {
                             let finished = steps::run(&step, &processes, asked, &tx);
                             let _ = tx.send(Msg::Done(finished));
@@ -187,8 +192,9 @@ impl Session {
             let Ok(msg) = self.rx.recv() else { break };
             match msg {
                 Msg::Line(id, line) => {
-                    listener.output(plan, &plan.steps[id], &line);
-                    scheduler.on_line(id, &line);
+                    for text in scheduler.on_line(id, &line) {
+                        listener.output(plan, &plan.steps[id], &text);
+                    }
                 }
                 Msg::Signal(signal) => {
                     // The signal thread has already ended the commands.

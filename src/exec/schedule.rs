@@ -197,17 +197,18 @@ impl<'p> Scheduler<'p> {
         })
     }
 
-    /// One line of a running step's output. A build's progress learns from it which stages
-    /// ran a step, which may let a step start early.
-    pub fn on_line(&mut self, id: usize, line: &str) {
+    /// One line of a running step's output; returns what to show of it. A build's progress
+    /// learns from it which stages ran a step, which may let a step start early, and a line of
+    /// BuildKit's JSON is shown in the plain form's words (or not at all, while a JSON object is
+    /// still being read).
+    pub fn on_line(&mut self, id: usize, line: &str) -> Vec<String> {
         let step = &self.plan.steps[id];
         let Action::Build(build) = &step.action else {
-            return;
+            return vec![line.to_string()];
         };
         let progress = self.live.entry(id).or_default();
-        progress.feed(line);
-        // Only a step's end can tell that it ran (one just started may yet be a cache hit).
-        if line.contains(" DONE ") {
+        let reading = progress.read(line);
+        if reading.ran {
             let ran = progress.stages_that_ran_so_far(&build.stage);
             self.known
                 .ran
@@ -215,6 +216,7 @@ impl<'p> Scheduler<'p> {
                 .or_default()
                 .extend(ran);
         }
+        reading.text
     }
 
     /// A step's command ended: its result, and what it teaches the run. A failure stops the

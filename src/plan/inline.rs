@@ -110,7 +110,7 @@ pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow:
             ],
             None => vec!["build".into()],
         };
-        args.push("--progress=plain".into());
+        args.push(options.cli.progress(options.builder.is_some()).into());
         args.extend(["--build-arg".into(), "BUILDKIT_INLINE_CACHE=1".into()]);
         args.extend(common.head.iter().cloned());
         args.extend(["--target".into(), package.graph.name(stage)]);

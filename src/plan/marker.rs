@@ -53,9 +53,12 @@ pub(super) fn marker(input: &Input, options: &Options, steps: &Plan) -> Option<S
             continue;
         };
         field(key);
+        // How the build shows its progress is for display: it depends on the CLI, not on what
+        // the build makes.
         for word in step
             .args
             .iter()
+            .filter(|a| !a.starts_with("--progress="))
             .chain(step.env.iter().flat_map(|(k, v)| [k, v]))
         {
             // Most words hold no path: they are hashed as they are, without a copy.

@@ -38,11 +38,44 @@ pub enum Push {
     All,
 }
 
+/// What the plan needs to know of the docker CLI: which progress form its builds can print.
+/// BuildKit's machine-readable `rawjson` tells a cache hit whose layers were downloaded from a
+/// step that ran; the plain form can lose the difference (see `progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cli {
+    /// `docker build` goes through buildx (Docker 23 and later); else it is the classic
+    /// BuildKit client (`DOCKER_BUILDKIT=1`), which prints plain progress only.
+    pub build_through_buildx: bool,
+    /// buildx prints `--progress=rawjson` (0.13 and later; 0.12 has it too, untried here).
+    pub rawjson: bool,
+}
+
+impl Cli {
+    /// A current CLI: what a run plans for until its preflight has asked, and what a dry run
+    /// prints.
+    pub const CURRENT: Cli = Cli {
+        build_through_buildx: true,
+        rawjson: true,
+    };
+
+    /// The `--progress` flag of a build: of `docker buildx build` when `buildx`, else of
+    /// `docker build`.
+    fn progress(self, buildx: bool) -> &'static str {
+        if self.rawjson && (buildx || self.build_through_buildx) {
+            "--progress=rawjson"
+        } else {
+            "--progress=plain"
+        }
+    }
+}
+
 /// How to plan.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The docker CLI to run.
     pub docker: String,
+    /// What it can do.
+    pub cli: Cli,
     /// What to push.
     pub push: Push,
     /// `docker pull` every cache image before the builds (`--pull-cache always`).
@@ -67,6 +100,7 @@ impl Options {
     pub fn new(docker: &str) -> Options {
         Options {
             docker: docker.to_string(),
+            cli: Cli::CURRENT,
             push: Push::Nothing,
             pull_first: false,
             builder: None,

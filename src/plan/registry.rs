@@ -28,7 +28,7 @@ pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow:
     if let Some(builder) = &options.builder {
         args.extend(["--builder".into(), builder.clone()]);
     }
-    args.push("--progress=plain".into());
+    args.push(options.cli.progress(true).into());
     args.extend(common.head.iter().cloned());
     args.extend(["--target".into(), package.graph.name(package.target)]);
     for r in &refs.read {

@@ -100,9 +100,9 @@ fn final_target_first_then_the_stage_caches() {
         # package `service`
         docker manifest inspect -v registry.example/acme/service:dev  # whether the registry holds this cache image decides the skips below
         docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:dev --tag registry.example/acme/service:0.3.1 --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:dev --tag registry.example/acme/service:0.3.1 --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
         docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:dev  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:0.3.1
@@ -119,9 +119,9 @@ fn pulls_first_when_asked_and_pushes_only_when_asked() {
         docker pull registry.example/acme/service:compile || true  # a missing cache image means no cache yet
         docker pull registry.example/acme/service:runtime || true  # a missing cache image means no cache yet
         docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
     "#]]
     .assert_eq(&shell(config, SERVICE, &options(Push::Nothing, true)));
 }
@@ -134,9 +134,9 @@ fn branch_caches_fall_back_to_the_default_branch() {
         # package `service`
         docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
         docker manifest inspect -v registry.example/acme/service:compile-feature-x  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker pull registry.example/acme/service:compile-feature-x  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
         docker push registry.example/acme/service:compile-feature-x  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
     "#]]
@@ -204,7 +204,7 @@ fn command_line_args_network_platform_secrets_labels_and_quoting() {
     };
     expect![[r#"
         # package `service`
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --no-cache --build-arg MODE=release --build-arg 'NOTE=two words' --network none --platform linux/amd64 --secret id=git,src=/home/me/.git-credentials --secret id=npm,env=NPM_TOKEN --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --tag registry.example/acme/service:0123456 --tag registry.example/acme/service:extra --label org.opencontainers.image.title=service -f /src/service/Dockerfile '/src/my service'
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --no-cache --build-arg MODE=release --build-arg 'NOTE=two words' --network none --platform linux/amd64 --secret id=git,src=/home/me/.git-credentials --secret id=npm,env=NPM_TOKEN --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --tag registry.example/acme/service:0123456 --tag registry.example/acme/service:extra --label org.opencontainers.image.title=service -f /src/service/Dockerfile '/src/my service'
     "#]]
     .assert_eq(&plan(&[input], &options).unwrap().to_shell());
 }
@@ -219,7 +219,7 @@ fn registry_cache_is_one_buildx_build() {
     let pushed = shell(config.clone(), SERVICE, &options(Push::All, false));
     expect![[r#"
         # package `service`
-        docker buildx build --progress=plain --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
+        docker buildx build --progress=rawjson --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
     "#]]
     .assert_eq(&pushed);
     config.platforms.clear();
@@ -234,7 +234,7 @@ fn registry_cache_is_one_buildx_build() {
     );
     expect![[r#"
         # package `service`
-        docker buildx build --builder remote --progress=plain --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true,ignore-error=true --tag registry.example/acme/service:latest --provenance=false --load -f /src/service/Dockerfile /src/service
+        docker buildx build --builder remote --progress=rawjson --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true,ignore-error=true --tag registry.example/acme/service:latest --provenance=false --load -f /src/service/Dockerfile /src/service
         docker manifest inspect -v registry.example/acme/service:cache-feature-x  # whether the best-effort cache export wrote the cache
     "#]]
     .assert_eq(&local);
@@ -254,17 +254,17 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     let inline = marked(config.clone(), &all);
     expect![[r#"
         # package `service`
-        docker manifest inspect -v registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95  # the registry check: when it and every final tag hold the same image, no other step of the package runs
+        docker manifest inspect -v registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda  # the registry check: when it and every final tag hold the same image, no other step of the package runs
         docker manifest inspect -v registry.example/acme/service:latest  # a final tag, which must hold the marker's image
         docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
         docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95 -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda -f /src/service/Dockerfile /src/service
         docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
-        DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
         docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:latest
-        docker push registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95
+        docker push registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda
     "#]]
     .assert_eq(&inline.to_shell());
     // The package's steps wait for the registry check's questions (the marker and the final
@@ -305,8 +305,28 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     // display name.
     assert_eq!(
         first,
-        "registry.example/acme/service:inputs-a77143e95ac074bd639e249eca34ec09d2a80779b99e654983026e7d618bbf95"
+        "registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda"
     );
+    // How the CLI prints progress is for display: an older CLI names the same build, and its
+    // plan asks the registry the same questions.
+    let old_cli = Options {
+        cli: Cli {
+            build_through_buildx: false,
+            rawjson: false,
+        },
+        ..all.clone()
+    };
+    let plain = marked(config.clone(), &old_cli);
+    assert_eq!(marker_of(&plain), first);
+    assert!(plain.to_shell().contains("--progress=plain") && !plain.to_shell().contains("rawjson"));
+    let questions = |plan: &Plan| -> Vec<(usize, Vec<String>)> {
+        plan.steps
+            .iter()
+            .filter(|s| s.is_question())
+            .map(|s| (s.id, s.args.clone()))
+            .collect()
+    };
+    assert_eq!(questions(&plain), questions(&inline));
 
     // Another checkout folder is the same build; other sources, args or tags are not.
     let mut moved = config.clone();
@@ -422,8 +442,8 @@ fn a_builder_of_its_own_pushes_from_the_build() {
     };
     expect![[r#"
         # package `service`
-        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --push -f /src/service/Dockerfile /src/service
-        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --push -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --push -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --push -f /src/service/Dockerfile /src/service
     "#]]
     .assert_eq(&shell(config, SERVICE, &options));
 }

@@ -184,6 +184,8 @@ impl Reporter {
         if self.verbosity >= Verbosity::Verbose {
             return; // already streamed
         }
+        // BuildKit's JSON in the plain form's words, like the live lines.
+        let text = crate::progress::readable(text);
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = &lines[lines.len().saturating_sub(20)..];
         for line in tail {

@@ -85,8 +85,10 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
     } else {
         Push::Nothing
     };
-    let options = plan::Options {
+    let mut options = plan::Options {
         docker: engine::docker_program(),
+        // Until the preflight has asked the CLI; a dry run prints the plan for a current one.
+        cli: plan::Cli::CURRENT,
         push,
         pull_first: args.pull_cache == PullCache::Always,
         builder: args.builder.clone(),
@@ -189,6 +191,14 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         return Err(Failure::signal(signal));
     }
     let engine = engine.map_err(Failure::engine)?;
+    // An older CLI prints another progress form: the builds' argv change, nothing else (the
+    // marker leaves `--progress` out), so the questions already asked still stand.
+    let plan = if engine.cli == options.cli {
+        plan
+    } else {
+        options.cli = engine.cli;
+        plan::plan(&inputs, &options).map_err(Failure::config)?
+    };
     reporter.detail(&format!(
         "the docker CLI `{}` is {}, its engine {}",
         options.docker, engine.client_version, engine.server_version

@@ -11,6 +11,7 @@
 //! and came from the cache.
 
 mod contender;
+mod fingerprint;
 mod fixture;
 mod measure;
 mod overhead;
@@ -50,6 +51,9 @@ pub struct BenchArgs {
     /// One run of each: a smoke check.
     #[arg(long)]
     pub quick: bool,
+    /// Only the fingerprint's throughput, in the profiles a user's xtask may have (no engine).
+    #[arg(long)]
+    pub fingerprint: bool,
 }
 
 /// The state of the registry and the fixture when a run starts.
@@ -152,6 +156,9 @@ pub struct Results {
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let runs = if args.quick { 1 } else { args.runs };
+    if args.fingerprint {
+        return fingerprint::run(runs);
+    }
     testbed::install::install_all()?;
     let tools = testbed::require().context("the engine's tools are missing")?;
     let modern = testbed::require_modern().is_some();

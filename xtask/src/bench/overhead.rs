@@ -163,6 +163,13 @@ fn generate(dir: &Path) -> Result<PathBuf> {
              FROM toolchain AS runtime\nCOPY --from=compile /out/app /usr/local/bin/app\n",
         )?;
     }
+    commit(dir, &["-A"])?;
+    Ok(dir.join("Cargo.toml"))
+}
+
+/// Makes `dir` a git repository with one commit of `paths` (`git add` arguments): the tool asks
+/// git for the labels' revision, as it would in a real repository.
+pub(super) fn commit(dir: &Path, paths: &[&str]) -> Result<()> {
     let git = |args: &[&str]| -> Result<()> {
         let status = Command::new("git")
             .args(["-c", "user.name=bench", "-c", "user.email=bench@localhost"])
@@ -177,7 +184,6 @@ fn generate(dir: &Path) -> Result<PathBuf> {
         Ok(())
     };
     git(&["init", "-q", "-b", "main"])?;
-    git(&["add", "-A"])?;
-    git(&["commit", "-q", "-m", "generated workspace"])?;
-    Ok(dir.join("Cargo.toml"))
+    git(&[&["add"][..], paths].concat())?;
+    git(&["commit", "-q", "-m", "generated workspace"])
 }

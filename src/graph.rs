@@ -471,6 +471,7 @@ COPY --from=compile-b /b /b
             images: vec![],
             remote: vec![],
             runs: vec![],
+            cache_mounts: vec![],
         };
         // A cycle, a dependency past the end, a target past the end, no stages at all.
         package.graph = StageGraph {

@@ -220,6 +220,7 @@ mod tests {
             images: vec![],
             remote: vec![],
             runs: vec![],
+            cache_mounts: vec![],
         };
         let g = StageGraph {
             stages: vec![stage(0, vec![1, 7]), stage(1, vec![0]), stage(2, vec![])],

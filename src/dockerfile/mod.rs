@@ -14,7 +14,10 @@ use parse_dockerfile::Instruction;
 mod args;
 mod graph;
 mod heredoc;
+mod mounts;
 mod walk;
+
+pub use mounts::{CacheMount, MountUse};
 
 use heredoc::mask_heredocs;
 use walk::{build, stage_names};
@@ -47,6 +50,8 @@ pub struct Stage {
     /// The commands of its `RUN` instructions, whitespace collapsed: BuildKit's error for a
     /// failed step quotes the command, which names the stage where the progress does not.
     pub runs: Vec<String>,
+    /// The cache mounts of its `RUN` instructions (`--mount=type=cache`), in order.
+    pub cache_mounts: Vec<MountUse>,
 }
 
 /// `text` with line continuations removed and each run of whitespace made one space, as

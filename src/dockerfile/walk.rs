@@ -8,7 +8,7 @@ use parse_dockerfile::{Dockerfile, Instruction};
 
 use super::args::{expand, global_args};
 use super::graph::find_cycle;
-use super::{collapse_whitespace, DockerfileError, LineIndex, Stage, StageGraph};
+use super::{collapse_whitespace, DockerfileError, LineIndex, MountUse, Stage, StageGraph};
 
 /// Validates and lowercases the `AS` names; rejects duplicates, naming both lines.
 pub(super) fn stage_names<'a, 'b: 'a>(
@@ -52,6 +52,16 @@ fn is_stage_name(name: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What a stage's instructions read besides other stages, and its `RUN` commands and cache
+/// mounts (see [`Stage`]).
+#[derive(Default)]
+struct Reads {
+    images: Vec<String>,
+    remote: Vec<String>,
+    runs: Vec<String>,
+    mounts: Vec<MountUse>,
 }
 
 /// A stage before its `COPY --from` and mount references are resolved.
@@ -134,10 +144,15 @@ pub(super) fn build(
     let count = partials.len();
     // dep -> line of the first instruction needing it, per stage, to point cycle errors at.
     let mut edges: Vec<BTreeMap<usize, usize>> = Vec::with_capacity(count);
-    let mut outside: Vec<(Vec<String>, Vec<String>, Vec<String>)> = Vec::with_capacity(count);
+    let mut outside: Vec<Reads> = Vec::with_capacity(count);
     for (stage, partial) in dockerfile.stages().zip(&partials) {
         let mut deps = BTreeMap::new();
-        let (mut images, mut remote, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+        let Reads {
+            mut images,
+            mut remote,
+            mut runs,
+            mut mounts,
+        } = Reads::default();
         if let Some(base) = partial.base_stage {
             deps.insert(base, partial.line);
         } else if partial.base != "scratch" {
@@ -189,6 +204,7 @@ pub(super) fn build(
                         _ => String::new(),
                     }));
                     let line = lines.line(run.run.span.start);
+                    let (mut cached, mut with_secret) = (Vec::new(), false);
                     for flag in run.options.iter().filter(|f| f.name.value == "mount") {
                         let Some(value) = &flag.value else {
                             return Err(DockerfileError::at(line, "`--mount` needs a value"));
@@ -196,6 +212,10 @@ pub(super) fn build(
                         let mount = expand(&value.value, escape, &vars).map_err(|e| {
                             DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
                         })?;
+                        with_secret |= super::mounts::is_secret(&mount);
+                        if let Some(found) = super::mounts::cache_mount(&mount) {
+                            cached.push(found.map_err(|e| DockerfileError::at(line, e))?);
+                        }
                         if let Some(from) = mount_from(&mount) {
                             match resolve(&from, "from=", &by_name, count, line)? {
                                 Some(dep) => {
@@ -205,12 +225,24 @@ pub(super) fn build(
                             }
                         }
                     }
+                    let command = runs.last().cloned().unwrap_or_default();
+                    mounts.extend(cached.into_iter().map(|mount| MountUse {
+                        mount,
+                        command: command.clone(),
+                        line,
+                        with_secret,
+                    }));
                 }
                 _ => {}
             }
         }
         edges.push(deps);
-        outside.push((images, remote, runs));
+        outside.push(Reads {
+            images,
+            remote,
+            runs,
+            mounts,
+        });
     }
 
     let graph = StageGraph {
@@ -218,7 +250,7 @@ pub(super) fn build(
             .into_iter()
             .zip(edges.iter().zip(outside))
             .enumerate()
-            .map(|(index, (p, (deps, (images, remote, runs))))| Stage {
+            .map(|(index, (p, (deps, reads)))| Stage {
                 index,
                 name: p.name,
                 base: p.base,
@@ -226,9 +258,10 @@ pub(super) fn build(
                 platform: p.platform,
                 deps: deps.keys().copied().collect(),
                 line: p.line,
-                images,
-                remote,
-                runs,
+                images: reads.images,
+                remote: reads.remote,
+                runs: reads.runs,
+                cache_mounts: reads.mounts,
             })
             .collect(),
     };
@@ -301,7 +334,7 @@ pub(super) fn mount_from(mount: &str) -> Option<String> {
 
 /// Splits on commas outside double quotes; `""` inside quotes is a literal quote (Go's
 /// `encoding/csv`, which BuildKit uses for mount options).
-fn csv_fields(text: &str) -> Vec<String> {
+pub(super) fn csv_fields(text: &str) -> Vec<String> {
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut quoted = false;
@@ -359,6 +392,7 @@ CMD [\"service\"]
                         runs: [
                             "cargo build --release",
                         ],
+                        cache_mounts: [],
                     },
                     Stage {
                         index: 1,
@@ -375,6 +409,7 @@ CMD [\"service\"]
                         ],
                         remote: [],
                         runs: [],
+                        cache_mounts: [],
                     },
                 ],
             }
@@ -652,5 +687,37 @@ COPY --from=compile-worker /worker /usr/local/bin/
         );
         assert!(error("FROM alpine AS a/b\n").starts_with("line 1: invalid stage name `a/b`"));
         assert!(error("FROM alpine AS ${X}\n").starts_with("line 1: invalid stage name `${X}`"));
+    }
+
+    #[test]
+    fn cache_mounts_are_read_with_their_run() {
+        let g = graph(
+            "ARG REG=/usr/local/cargo/registry\nFROM rust AS build\nRUN --mount=type=cache,target=$REG \\\n    --mount=type=cache,id=target,target=/app/target,sharing=locked cargo build\nRUN --mount=type=secret,id=npm --mount=type=cache,target=/root/.npm npm ci\nRUN --mount=type=bind,from=alpine,target=/x true\n",
+        );
+        let mounts = &g.stages[0].cache_mounts;
+        let ids: Vec<(&str, &str, usize, bool)> = mounts
+            .iter()
+            .map(|u| {
+                (
+                    u.mount.id.as_str(),
+                    u.command.as_str(),
+                    u.line,
+                    u.with_secret,
+                )
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("/usr/local/cargo/registry", "cargo build", 3, false),
+                ("target", "cargo build", 3, false),
+                ("/root/.npm", "npm ci", 5, true),
+            ]
+        );
+        assert_eq!(mounts[1].mount.sharing.as_deref(), Some("locked"));
+        assert_eq!(
+            error("FROM rust\nRUN --mount=type=cache,id=x true\n"),
+            "line 2: `--mount=type=cache,id=x`: a cache mount needs a `target`"
+        );
     }
 }

@@ -54,6 +54,33 @@ pub struct RawConfig {
     pub secrets: Option<BTreeMap<String, RawSecret>>,
     /// Labels of the final image, added to or replacing the OCI labels made from Cargo.toml.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Which `RUN --mount=type=cache` folders travel between agents through the registry.
+    pub cache_mounts: Option<RawCacheMounts>,
+    /// The size past which a travelling cache mount is not exported.
+    pub cache_mount_limit: Option<RawSize>,
+}
+
+/// `cache-mounts`: `true` (every cache mount of the stages built), a list of ids, or a table
+/// id -> tag template.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawCacheMounts {
+    /// All or none.
+    All(bool),
+    /// These ids, each under its default tag.
+    Ids(Vec<String>),
+    /// These ids, each under the tag given.
+    Tags(BTreeMap<String, String>),
+}
+
+/// A size: bytes as an integer, or a string with a unit (`"4GiB"`, `"500 MB"`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
 }
 
 /// A string or a list of strings.
@@ -106,6 +133,8 @@ pub const KEYS: &[&str] = &[
     "sbom",
     "secrets",
     "labels",
+    "cache-mounts",
+    "cache-mount-limit",
 ];
 
 /// How stage caches are stored.
@@ -180,7 +209,26 @@ pub struct Config {
     pub secrets: BTreeMap<String, Secret>,
     /// Labels that add to or replace the OCI labels.
     pub labels: BTreeMap<String, String>,
+    /// Which cache mounts travel between agents through the registry.
+    pub cache_mounts: CacheMounts,
+    /// The size, in bytes, past which a travelling cache mount is not exported.
+    pub cache_mount_limit: u64,
 }
+
+/// Which `RUN --mount=type=cache` folders travel between agents through the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CacheMounts {
+    /// None (the default).
+    #[default]
+    None,
+    /// Every cache mount of the stages built, each under its default tag.
+    All,
+    /// These ids, each under its tag template (`None`: the default tag).
+    Chosen(BTreeMap<String, Option<Template>>),
+}
+
+/// `cache-mount-limit` when the table leaves it out.
+pub const DEFAULT_CACHE_MOUNT_LIMIT: u64 = 4 << 30;
 
 /// Where a table comes from, for error messages, placeholders and path resolution.
 #[derive(Debug, Clone)]
@@ -244,6 +292,14 @@ impl RawConfig {
             sbom: self.sbom.or(d.sbom),
             secrets: table(self.secrets, &defaults.secrets),
             labels: table(self.labels, &defaults.labels),
+            // Two tables merge key by key, as the other tables do; any other form wins whole.
+            cache_mounts: match (self.cache_mounts, d.cache_mounts) {
+                (Some(RawCacheMounts::Tags(own)), Some(RawCacheMounts::Tags(d))) => {
+                    table(Some(own), &Some(d)).map(RawCacheMounts::Tags)
+                }
+                (own, d) => own.or(d),
+            },
+            cache_mount_limit: self.cache_mount_limit.or(d.cache_mount_limit),
         }
     }
 
@@ -408,6 +464,40 @@ impl RawConfig {
                 .map_err(|e| anyhow::anyhow!("key `labels`: {e}"))?;
         }
 
+        let chosen = |ids: Vec<(String, Option<String>)>| -> anyhow::Result<CacheMounts> {
+            let mut chosen = BTreeMap::new();
+            for (id, tag) in ids {
+                if id.is_empty() {
+                    bail!("key `cache-mounts`: an empty id");
+                }
+                let tag = tag
+                    .map(|t| {
+                        Template::parse(&t, Placeholder::FOR_CACHE_TAGS)
+                            .map_err(|e| anyhow::anyhow!("key `cache-mounts.\"{id}\"`: {e}"))
+                    })
+                    .transpose()?;
+                chosen.insert(id, tag);
+            }
+            Ok(CacheMounts::Chosen(chosen))
+        };
+        let cache_mounts = match self.cache_mounts {
+            None | Some(RawCacheMounts::All(false)) => CacheMounts::None,
+            Some(RawCacheMounts::All(true)) => CacheMounts::All,
+            Some(RawCacheMounts::Ids(ids)) => {
+                chosen(ids.into_iter().map(|id| (id, None)).collect())?
+            }
+            Some(RawCacheMounts::Tags(tags)) => {
+                chosen(tags.into_iter().map(|(id, t)| (id, Some(t))).collect())?
+            }
+        };
+        let cache_mount_limit = match self.cache_mount_limit {
+            None => DEFAULT_CACHE_MOUNT_LIMIT,
+            Some(RawSize::Bytes(bytes)) => bytes,
+            Some(RawSize::Text(text)) => parse_size(&text).ok_or_else(|| {
+                anyhow::anyhow!("key `cache-mount-limit`: `{text}` is not a size\nnote: write bytes, or a number with a unit: `\"4GiB\"`, `\"500MiB\"`, `\"2GB\"`")
+            })?,
+        };
+
         Ok(Config {
             package: origin.package.clone(),
             version: origin.version.clone(),
@@ -430,6 +520,8 @@ impl RawConfig {
             sbom,
             secrets,
             labels,
+            cache_mounts,
+            cache_mount_limit,
         })
     }
 }
@@ -455,6 +547,31 @@ fn plain_value(key: &str, value: &str) -> anyhow::Result<()> {
         bail!("key `{key}` is empty");
     }
     Ok(())
+}
+
+/// A size with a unit (`KiB`, `MiB`, `GiB`, `TiB`, and decimal `KB`, `MB`, `GB`, `TB`, or
+/// `B`), case-insensitive, a space allowed before the unit; `None` if it is none.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    let bytes = number * factor as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes <= u64::MAX as f64).then_some(bytes as u64)
 }
 
 #[cfg(test)]

@@ -343,6 +343,8 @@ COPY --from=compile-b /b /b
             sbom: None,
             secrets: BTreeMap::new(),
             labels: BTreeMap::new(),
+            cache_mounts: crate::config::CacheMounts::None,
+            cache_mount_limit: crate::config::DEFAULT_CACHE_MOUNT_LIMIT,
         }
     }
 

@@ -8,6 +8,10 @@ use crate::config::Config;
 use crate::dockerfile::StageGraph;
 use crate::template::{Placeholder, Template};
 
+mod mounts;
+
+pub use mounts::TravellingMount;
+
 /// A package ready to be planned: its config, its stage graph, and which stages are cached.
 #[derive(Debug, Clone)]
 pub struct Package {
@@ -21,6 +25,9 @@ pub struct Package {
     pub cached: BTreeMap<usize, Template>,
     /// The Dockerfile's text, as read: what the registry check's fingerprint hashes.
     pub dockerfile_text: String,
+    /// The cache mounts that travel between agents (`cache-mounts`), in the order the stages
+    /// built use them first.
+    pub mounts: Vec<TravellingMount>,
 }
 
 impl Package {
@@ -67,12 +74,20 @@ impl Package {
                 .map_err(|e| anyhow::anyhow!("the final stage's cache tag: {e}"))?;
             entry.insert(tag);
         }
+        // Every stage a build of the package runs: the target's and the cached stages' chains.
+        let built: std::collections::BTreeSet<usize> = cached
+            .keys()
+            .chain([&target])
+            .flat_map(|&s| std::iter::once(s).chain(graph.ancestors(s)))
+            .collect();
+        let mounts = mounts::travelling(&graph, &built, &config.cache_mounts)?;
         Ok(Package {
             config,
             graph,
             target,
             cached,
             dockerfile_text: dockerfile.to_string(),
+            mounts,
         })
     }
 

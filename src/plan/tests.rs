@@ -47,6 +47,8 @@ pub(crate) fn config(stages: &[(&str, &str)], tags: &[&str]) -> Config {
         sbom: None,
         secrets: BTreeMap::new(),
         labels: BTreeMap::new(),
+        cache_mounts: crate::config::CacheMounts::None,
+        cache_mount_limit: crate::config::DEFAULT_CACHE_MOUNT_LIMIT,
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Engine {
     /// ran no step on an engine that did not hold its tag got everything from the registry's
     /// caches); `None` when not asked or not known, which leaves nothing current.
     pub local_tags: Option<BTreeSet<String>>,
+    /// How the engine's list of cache mounts (`docker buildx du`) describes each one it held
+    /// before the run, when the plan asked; `None` when not asked or not known, which makes a
+    /// restore run (it never overwrites a mount that holds something).
+    pub cache_mounts: Option<Vec<String>>,
 }
 
 /// What the plan asks of the engine, checked before any work.
@@ -47,6 +51,8 @@ pub struct Needs {
     pub builder: Option<String>,
     /// The tags the engine holds before the run (where a step may turn out current).
     pub local_tags: bool,
+    /// The cache mounts the engine holds before the run (where a cache mount may be restored).
+    pub cache_mounts: bool,
 }
 
 /// How long a probe may take: a daemon that does not answer in this time is not usable.
@@ -72,6 +78,17 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
         } else {
             &[]
         },
+        if needs.cache_mounts {
+            &[
+                "buildx",
+                "du",
+                "--verbose",
+                "--filter",
+                "type=exec.cachemount",
+            ]
+        } else {
+            &[]
+        },
     ];
     let mut results = probe_all(docker, &probes, processes).into_iter();
     let mut next = || {
@@ -80,6 +97,7 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
             .unwrap_or_else(|| Err(std::io::Error::other("no probe")))
     };
     let (version, buildx, server, info, local) = (next(), next(), next(), next(), next());
+    let mounts = next();
 
     let output = match version {
         Ok(output) => output,
@@ -177,11 +195,16 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
         build_through_buildx: major >= 23,
         rawjson: buildx_version.is_some_and(|v| v >= (0, 13)),
     };
+    let cache_mounts = mounts
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| cache_mount_descriptions(&String::from_utf8_lossy(&o.stdout)));
     Ok(Engine {
         cli,
         client_version,
         server_version,
         local_tags,
+        cache_mounts,
     })
 }
 
@@ -250,6 +273,15 @@ pub fn read_inspect(image: &str, output: &std::io::Result<Output>) -> Answer {
     Ok(Some(digests))
 }
 
+/// The `Description:` of every record `docker buildx du --verbose` lists, e.g.
+/// `cached mount /app/target from exec /bin/sh -c cargo build`.
+fn cache_mount_descriptions(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Description:"))
+        .map(|d| d.trim().to_string())
+        .collect()
+}
+
 /// `(major, minor)` of what `docker buildx version` prints: `github.com/docker/buildx v0.13.1
 /// HASH`, or Debian's `github.com/docker/buildx 0.13.1+ds1 0.13.1+ds1-3`.
 fn buildx_version(text: &str) -> Option<(u32, u32)> {
@@ -282,5 +314,15 @@ mod tests {
             Some((1, 0))
         );
         assert_eq!(buildx_version("nonsense"), None);
+    }
+
+    #[test]
+    fn reads_the_engine_s_cache_mounts() {
+        // `docker buildx du --verbose --filter type=exec.cachemount` of dockerd 20.10, here.
+        let text = "ID:\t\tpk0jubxr32rsylymriu26fett\nCreated at:\t2026-12-02 06:58:04.817707059 +0000 UTC\nMutable:\ttrue\nReclaimable:\ttrue\nShared:\t\tfalse\nSize:\t\t6B\nDescription:\tcached mount /cache from exec /bin/sh -c sh -c 'echo hello > /cache/file'\nUsage count:\t2\nLast used:\t3 seconds ago\nType:\t\texec.cachemount\n\n";
+        assert_eq!(
+            super::cache_mount_descriptions(text),
+            ["cached mount /cache from exec /bin/sh -c sh -c 'echo hello > /cache/file'"]
+        );
     }
 }

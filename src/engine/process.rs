@@ -103,12 +103,13 @@ impl Processes {
         program: &str,
         args: &[S],
         env: &[(String, String)],
+        stdin: bool,
     ) -> std::io::Result<(Child, Registered)> {
         let mut command = Command::new(program);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -135,7 +136,7 @@ impl Processes {
         args: &[S],
         limit: Duration,
     ) -> std::io::Result<Output> {
-        let (child, registered) = self.spawn(program, args, &[])?;
+        let (child, registered) = self.spawn(program, args, &[], false)?;
         let group = child.id();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -163,16 +164,17 @@ impl Processes {
         }
     }
 
-    /// Runs `program ARGS` with `env`, handing each line it prints (stdout and stderr alike) to
-    /// `on_line` as it comes, and keeping them all.
+    /// Runs `program ARGS` with `env` and `stdin` on its standard input, handing each line it
+    /// prints (stdout and stderr alike) to `on_line` as it comes, and keeping them all.
     pub fn stream(
         &self,
         program: &str,
         args: &[String],
         env: &[(String, String)],
+        stdin: Option<&str>,
         on_line: &mut dyn FnMut(&str),
     ) -> Streamed {
-        let (mut child, _registered) = match self.spawn(program, args, env) {
+        let (mut child, _registered) = match self.spawn(program, args, env, stdin.is_some()) {
             Ok(spawned) => spawned,
             Err(e) => {
                 return Streamed {
@@ -181,6 +183,14 @@ impl Processes {
                 }
             }
         };
+        // Written on a thread of its own: a program may print before it reads all of it.
+        let writer = stdin.zip(child.stdin.take()).map(|(text, mut pipe)| {
+            let text = text.to_string();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(text.as_bytes());
+            })
+        });
         let (line_tx, line_rx) = mpsc::channel::<String>();
         let readers: Vec<Box<dyn Read + Send>> = [
             child
@@ -218,6 +228,9 @@ impl Processes {
         }
         for thread in threads {
             let _ = thread.join();
+        }
+        if let Some(writer) = writer {
+            let _ = writer.join();
         }
         let result = match child.wait() {
             Ok(status) if status.success() => Ok(()),

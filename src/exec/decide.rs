@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::Answer;
-use crate::plan::{Action, Build, Plan, PullWhen, PushTag, Role, Step};
+use crate::plan::{Action, Build, MountKind, MountStep, Plan, PullWhen, PushTag, Role, Step};
 
 use super::result::Verdict;
 
@@ -22,6 +22,15 @@ pub(crate) struct Knowledge {
     pub local_tags: Option<BTreeSet<String>>,
     /// The packages whose build the registry holds: package -> marker tag.
     pub fresh: BTreeMap<String, String>,
+    /// Per package, the Dockerfile steps that ran: `(stage, BuildKit's name of the step)`.
+    pub ran_steps: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// How the engine's list of cache mounts describes each one it held before the run;
+    /// `None` when unknown.
+    pub mounts_held: Option<Vec<String>>,
+    /// The cache mounts restored in this run, by id.
+    pub restored: BTreeSet<String>,
+    /// The cache mount images exported in this run.
+    pub exported: BTreeSet<String>,
 }
 
 impl Knowledge {
@@ -45,6 +54,32 @@ impl Knowledge {
         self.local_tags
             .as_ref()
             .is_none_or(|tags| tags.contains(image))
+    }
+
+    /// Whether the engine held the cache mount `mount` before the run: its list of mounts
+    /// names one at its target, made by a package's step, or one that a restore or export of
+    /// this tool made (whose command names the id).
+    fn holds_mount(&self, mount: &MountStep) -> bool {
+        self.mounts_held.as_ref().is_some_and(|held| {
+            held.iter().any(|description| {
+                description.starts_with(&format!("cached mount {} from exec", mount.target))
+                    || description.contains(&format!("xtask-docker mount {}'", mount.id))
+            })
+        })
+    }
+
+    /// Whether a step that uses `mount` ran in `package`: one of its `RUN`s, by stage and
+    /// command, among the steps the builds ran.
+    fn mount_step_ran(&self, package: &str, mount: &MountStep) -> bool {
+        let Some(ran) = self.ran_steps.get(package) else {
+            return false;
+        };
+        mount.uses.iter().any(|(stage, command)| {
+            ran.iter().any(|(ran_stage, name)| {
+                let name = crate::dockerfile::collapse_whitespace(name);
+                ran_stage == stage && name.contains(" RUN ") && name.contains(command.as_str())
+            })
+        })
     }
 
     /// The "current" rule: an image that nothing in this run changed (no step of `chain` ran),
@@ -104,6 +139,37 @@ pub(crate) fn start(step: &Step, known: &Knowledge) -> Start {
                 Start::Skip("nothing in its stages ran".into())
             }
             PullWhen::BeforeRebuild { .. } => Start::Run,
+        },
+        Action::Mount(mount) => match mount.kind {
+            MountKind::Restore if known.restored.contains(&mount.id) => Start::Skip(format!(
+                "the cache mount `{}` was restored from an earlier ref",
+                mount.id
+            )),
+            MountKind::Restore if known.holds_mount(mount) => Start::Skip(format!(
+                "the engine holds the cache mount `{}` already",
+                mount.id
+            )),
+            MountKind::Restore => match known.registry.get(&mount.image) {
+                Some(Ok(Some(_))) => Start::Run,
+                Some(Ok(None)) => Start::Skip(format!(
+                    "no cache yet: `{}` is not in the registry",
+                    mount.image
+                )),
+                Some(Err(e)) => Start::Skip(format!(
+                    "cannot ask the registry for `{}`: {e}",
+                    mount.image
+                )),
+                None => Start::Skip(format!("`{}` was not asked for", mount.image)),
+            },
+            MountKind::Export if !known.mount_step_ran(package, mount) => Start::Skip(format!(
+                "no step that uses the cache mount `{}` ran",
+                mount.id
+            )),
+            MountKind::Export => Start::Run,
+            MountKind::Push if !known.exported.contains(&mount.image) => {
+                Start::Skip(format!("the cache mount `{}` was not exported", mount.id))
+            }
+            MountKind::Push => Start::Run,
         },
         _ => Start::Run,
     }
@@ -268,7 +334,7 @@ mod tests {
                 .map(|(i, a)| (i.to_string(), a.clone()))
                 .collect(),
             local_tags: local.map(|l| l.iter().map(|s| s.to_string()).collect()),
-            fresh: BTreeMap::new(),
+            ..Knowledge::default()
         }
     }
 

@@ -26,14 +26,16 @@ mod result;
 mod schedule;
 mod steps;
 
+pub(crate) use outcome::human_bytes;
 pub use result::{Outcome, RunResult, StepResult, Verdict};
 
 use schedule::{Finished, Launch, Scheduler};
 
 /// What is told of a run as it goes: the report implements it, tests replace it.
 pub trait Listener: Sync {
-    /// `step` starts (a skipped one too, just before it is [`finished`](Listener::finished)).
-    fn started(&self, plan: &Plan, step: &Step);
+    /// `step` starts; `runs` is false for a step that is skipped, which is
+    /// [`finished`](Listener::finished) at once.
+    fn started(&self, plan: &Plan, step: &Step, runs: bool);
     /// One line of a running step's output.
     fn output(&self, plan: &Plan, step: &Step, line: &str);
     /// `step` ended.
@@ -148,17 +150,18 @@ impl Session {
         }
     }
 
-    /// Runs `plan` on an engine that held `local_tags` before the run: each step once the steps
+    /// Runs `plan` on `engine` (what it held before the run): each step once the steps
     /// it waits for are done (or may be passed), up to `jobs` at once. The first failure, or
     /// SIGINT or SIGTERM, ends every running command and starts no more.
     pub fn run(
         mut self,
         plan: &Plan,
         options: ExecOptions,
-        local_tags: Option<std::collections::BTreeSet<String>>,
+        engine: &crate::engine::Engine,
         listener: &dyn Listener,
     ) -> RunResult {
-        let mut scheduler = Scheduler::new(plan, options.jobs, local_tags);
+        let mut scheduler = Scheduler::new(plan, options.jobs, engine.local_tags.clone());
+        scheduler.engine_holds_mounts(engine.cache_mounts.clone());
         if let Some(signal) = self.interrupted() {
             scheduler.on_signal(signal);
         }
@@ -166,7 +169,7 @@ impl Session {
             for launch in scheduler.start_ready(SystemTime::now()) {
                 match launch {
                     Launch::Run(step) => {
-                        listener.started(plan, step);
+                        listener.started(plan, step, true);
                         let (step, processes, tx) =
                             (step.clone(), self.processes.clone(), self.tx.clone());
                         // An answer to the very question the step asks, if it was asked early.
@@ -181,7 +184,7 @@ impl Session {
                         });
                     }
                     Launch::Skipped(step, result) => {
-                        listener.started(plan, step);
+                        listener.started(plan, step, false);
                         listener.finished(plan, step, &result);
                     }
                 }

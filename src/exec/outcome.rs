@@ -4,7 +4,7 @@
 use crate::diagnose::RegistryProblem;
 use crate::engine::process::Streamed;
 use crate::engine::Answer;
-use crate::plan::{Build, Inspect, Pull, PullWhen, PushTag, Role, Step};
+use crate::plan::{Build, Inspect, MountKind, MountStep, Pull, PullWhen, PushTag, Role, Step};
 use crate::progress::BuildProgress;
 
 use super::result::Outcome;
@@ -117,6 +117,88 @@ pub(crate) fn pull(pull: &Pull, streamed: &Streamed) -> Outcome {
     }
 }
 
+/// A restore, export or push of a cache mount that held `bytes`. A restore that the registry
+/// failed is a warning (the build goes on without it); one that failed otherwise, and a failed
+/// export, are errors that say what the generated build needs. An export past the limit made
+/// an empty image, whose push resets the mount's travelling copy.
+pub(crate) fn mount(
+    step: &Step,
+    mount: &MountStep,
+    streamed: &Streamed,
+    bytes: Option<u64>,
+    cancelled: bool,
+) -> Outcome {
+    let id = &mount.id;
+    let package = &step.package;
+    if let Err(message) = &streamed.result {
+        let problem = RegistryProblem::classify(&streamed.text);
+        let what = match mount.kind {
+            MountKind::Restore => "restore",
+            MountKind::Export => "export",
+            MountKind::Push => {
+                let tag = PushTag {
+                    image: mount.image.clone(),
+                    build: step.id,
+                    cache: true,
+                    skip_if_current: false,
+                    chain: Vec::new(),
+                    best_effort: mount.best_effort,
+                };
+                return push(step, &tag, streamed);
+            }
+        };
+        if cancelled {
+            return Outcome::Failed(format!(
+                "the {what} of cache mount `{id}` of package `{package}` was stopped"
+            ));
+        }
+        if mount.kind == MountKind::Restore && problem != RegistryProblem::Other {
+            return Outcome::Warning(format!(
+                "the cache mount `{id}` was not restored: {}; building without it",
+                problem.describe(&mount.image)
+            ));
+        }
+        let tail: Vec<&str> = streamed
+            .text
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("not found"))
+            .take(3)
+            .collect();
+        return Outcome::Failed(format!(
+            "the {what} of cache mount `{id}` of package `{package}` failed: {message}{}
+note: it runs `sh`, `ls`, `du`, `cut` and `cp` in the image its stage starts from; an image without them (distroless, scratch) cannot carry the mount: leave it out of `cache-mounts`
+command: {}",
+            tail.iter().map(|l| format!("
+  {l}")).collect::<String>(),
+            step.to_shell().lines().next().unwrap_or_default()
+        ));
+    }
+    match (mount.kind, bytes) {
+        (MountKind::Export, Some(bytes)) if bytes > mount.limit => Outcome::Warning(format!(
+            "the cache mount `{id}` holds {}, more than `cache-mount-limit` ({}): its travelling copy `{}` is reset to empty, and the next agent's export starts afresh",
+            human_bytes(bytes),
+            human_bytes(mount.limit),
+            mount.image
+        )),
+        _ => Outcome::Done,
+    }
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `300 B`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// The marker's push: a failure only means that the next run builds again.
 pub(crate) fn mark(marker: &str, streamed: &Streamed) -> Outcome {
     let Err(message) = &streamed.result else {
@@ -165,6 +247,7 @@ mod tests {
             program: "docker".into(),
             args: vec!["push".into(), "r/x:compile".into()],
             env: vec![],
+            stdin: None,
             after: vec![],
         };
         let mut tag = PushTag {

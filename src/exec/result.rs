@@ -38,6 +38,8 @@ pub struct StepResult {
     pub digest: Option<String>,
     /// For questions to the registry: its answer.
     pub answer: Option<Answer>,
+    /// For restores and exports of cache mounts: how many bytes the mount held.
+    pub bytes: Option<u64>,
     /// Everything the command printed.
     pub output: String,
 }
@@ -54,6 +56,7 @@ impl StepResult {
             progress: None,
             digest: None,
             answer: None,
+            bytes: None,
             output: String::new(),
         }
     }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use crate::engine::process::Streamed;
 use crate::engine::Answer;
-use crate::plan::{Action, Plan, Step};
+use crate::plan::{Action, MountKind, MountStep, Plan, Step};
 use crate::progress::{push_digest, BuildProgress};
 
 use super::decide::{self, Knowledge, Start};
@@ -117,6 +117,11 @@ impl<'p> Scheduler<'p> {
             results: Vec::new(),
             judged: BTreeSet::new(),
         }
+    }
+
+    /// What the engine's list of cache mounts said before the run (`None`: not known).
+    pub fn engine_holds_mounts(&mut self, descriptions: Option<Vec<String>>) {
+        self.known.mounts_held = descriptions;
     }
 
     /// Whether a step is still running.
@@ -255,6 +260,15 @@ impl<'p> Scheduler<'p> {
                             .entry(step.package.clone())
                             .or_default()
                             .extend(ran);
+                        let steps = progress.steps().into_iter().filter(|s| !s.cached);
+                        let steps: Vec<(String, String)> = steps
+                            .map(|s| (s.stage_or(&build.stage).to_string(), s.name.clone()))
+                            .collect();
+                        self.known
+                            .ran_steps
+                            .entry(step.package.clone())
+                            .or_default()
+                            .extend(steps);
                         let outcome =
                             outcome::build(step, build, &progress, &streamed, self.stopped);
                         result.progress = Some(progress);
@@ -263,9 +277,32 @@ impl<'p> Scheduler<'p> {
                     Action::Push(push) => outcome::push(step, push, &streamed),
                     Action::Pull(pull) => outcome::pull(pull, &streamed),
                     Action::Mark { marker } => outcome::mark(marker, &streamed),
+                    Action::Mount(mount) => {
+                        result.bytes =
+                            crate::plan::printed_size(&crate::progress::readable(&streamed.text));
+                        let outcome =
+                            outcome::mount(step, mount, &streamed, result.bytes, self.stopped);
+                        match (mount.kind, &outcome) {
+                            (MountKind::Restore, Outcome::Done) => {
+                                self.known.restored.insert(mount.id.clone());
+                            }
+                            (MountKind::Export, Outcome::Done | Outcome::Warning(_)) => {
+                                self.known.exported.insert(mount.image.clone());
+                            }
+                            _ => {}
+                        }
+                        outcome
+                    }
                     Action::Inspect(_) => Outcome::Failed("a question that printed".into()),
                 };
-                if matches!(action, Action::Push(_) | Action::Mark { .. })
+                let pushed = matches!(
+                    action,
+                    Action::Mount(MountStep {
+                        kind: MountKind::Push,
+                        ..
+                    })
+                );
+                if (pushed || matches!(action, Action::Push(_) | Action::Mark { .. }))
                     && result.outcome == Outcome::Done
                 {
                     result.digest = push_digest(&streamed.text);

@@ -60,7 +60,7 @@ pub(crate) fn run(
                 }
             }
         }
-        Action::Build(_) | Action::Pull(_) | Action::Mark { .. } => {
+        Action::Build(_) | Action::Pull(_) | Action::Mark { .. } | Action::Mount(_) => {
             Ran::Streamed(stream(step, processes, tx))
         }
     };
@@ -77,7 +77,13 @@ fn stream(
     processes: &Processes,
     tx: &Sender<Msg>,
 ) -> crate::engine::process::Streamed {
-    processes.stream(&step.program, &step.args, &step.env, &mut |line| {
-        let _ = tx.send(Msg::Line(step.id, line.to_string()));
-    })
+    processes.stream(
+        &step.program,
+        &step.args,
+        &step.env,
+        step.stdin.as_deref(),
+        &mut |line| {
+            let _ = tx.send(Msg::Line(step.id, line.to_string()));
+        },
+    )
 }

@@ -12,7 +12,13 @@ use super::{
 use crate::config::PushCache;
 
 /// Plans the steps of `input` into `plan`.
-pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
+/// Every build also waits for `restores` (of the package's travelling cache mounts).
+pub(super) fn plan(
+    plan: &mut Plan,
+    input: &Input,
+    options: &Options,
+    restores: &[usize],
+) -> anyhow::Result<()> {
     let package = &input.package;
     let config = &package.config;
     let name = &config.package;
@@ -141,6 +147,7 @@ pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow:
         // After the final build every stage's result is in the engine's cache, so the stage
         // builds wait for it alone, not for each other.
         let mut after = pulls.clone();
+        after.extend(restores);
         after.extend(final_build);
         // The answers are known before any build starts (they go out while the preflight
         // runs): so a stage build's early start never depends on how fast the registry

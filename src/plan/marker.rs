@@ -20,7 +20,9 @@ fn hash_key(action: &Action) -> Option<&'static [u8]> {
         Action::Build(_) => Some(b"build"),
         Action::Push(_) => Some(b"push"),
         // How the run gets there (questions, pulls) does not change what it makes.
-        Action::Inspect(_) | Action::Pull(_) | Action::Mark { .. } => None,
+        // Nor do the cache mounts it carries: BuildKit keeps their content out of its own
+        // cache keys too.
+        Action::Inspect(_) | Action::Pull(_) | Action::Mark { .. } | Action::Mount(_) => None,
     }
 }
 

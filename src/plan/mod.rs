@@ -21,10 +21,12 @@ use crate::template::{Placeholder, Template, Vars};
 
 mod inline;
 mod marker;
+mod mounts;
 mod registry;
 mod shell;
 
 pub use marker::may_skip;
+pub use mounts::{printed_size, MountKind, MountStep};
 
 /// What to push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +94,9 @@ pub struct Options {
     pub build_args: BTreeMap<String, String>,
     /// Tags from the command line, added to every package's final tags.
     pub tags: Vec<String>,
+    /// The run's name (its start time and process), which the builds that restore and export
+    /// cache mounts carry so that BuildKit runs them every time.
+    pub run_id: String,
 }
 
 #[cfg(test)]
@@ -109,6 +114,7 @@ impl Options {
             rebuild: false,
             build_args: BTreeMap::new(),
             tags: Vec::new(),
+            run_id: "run".into(),
         }
     }
 }
@@ -144,6 +150,8 @@ pub enum Action {
         /// The marker tag.
         marker: String,
     },
+    /// A restore, export or push of a travelling cache mount.
+    Mount(MountStep),
 }
 
 /// A question to the registry: whether it holds `image`, and which image manifests it stands for.
@@ -293,6 +301,8 @@ pub struct Step {
     pub args: Vec<String>,
     /// Environment variables to set.
     pub env: Vec<(String, String)>,
+    /// What to give the program on stdin (a generated Dockerfile); nothing when `None`.
+    pub stdin: Option<String>,
     /// The steps that must finish first.
     pub after: Vec<usize>,
 }
@@ -323,7 +333,7 @@ impl Plan {
                 when: PullWhen::BeforeRebuild { chain },
                 ..
             }) => chain.first().map(String::as_str),
-            Action::Pull(_) | Action::Inspect(_) | Action::Mark { .. } => None,
+            Action::Pull(_) | Action::Inspect(_) | Action::Mark { .. } | Action::Mount(_) => None,
         }
     }
 
@@ -345,8 +355,26 @@ impl Plan {
             program: program.to_string(),
             args,
             env,
+            stdin: None,
             after,
         });
+        id
+    }
+
+    /// Adds a build whose Dockerfile is `stdin` (`-f -`), run with `DOCKER_BUILDKIT=1` for the
+    /// classic client. Returns its id.
+    fn add_with_stdin(
+        &mut self,
+        package: &str,
+        action: Action,
+        options: &Options,
+        args: Vec<String>,
+        stdin: String,
+        after: Vec<usize>,
+    ) -> usize {
+        let env = vec![("DOCKER_BUILDKIT".to_string(), "1".to_string())];
+        let id = self.add(package, action, &options.docker, args, env, after);
+        self.steps[id].stdin = Some(stdin);
         id
     }
 
@@ -444,10 +472,16 @@ pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
     for input in inputs {
         let mut steps = Plan::default();
+        let restores = mounts::restores(&mut steps, input, options)?;
         match input.package.config.cache {
-            crate::config::CacheMode::Inline => inline::plan(&mut steps, input, options)?,
-            crate::config::CacheMode::Registry => registry::plan(&mut steps, input, options)?,
+            crate::config::CacheMode::Inline => {
+                inline::plan(&mut steps, input, options, &restores)?
+            }
+            crate::config::CacheMode::Registry => {
+                registry::plan(&mut steps, input, options, &restores)?
+            }
         }
+        mounts::exports(&mut steps, input, options)?;
         match marker::marker(input, options, &steps) {
             Some(marker) => marker::append_marked(&mut plan, steps, input, options, &marker),
             None => {

@@ -8,7 +8,13 @@ use super::{
 use crate::config::PushCache;
 
 /// Plans the steps of `input` into `plan`.
-pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
+/// The build also waits for `restores` (of the package's travelling cache mounts).
+pub(super) fn plan(
+    plan: &mut Plan,
+    input: &Input,
+    options: &Options,
+    restores: &[usize],
+) -> anyhow::Result<()> {
     let package = &input.package;
     let config = &package.config;
     let name = &config.package;
@@ -82,7 +88,7 @@ pub(super) fn plan(plan: &mut Plan, input: &Input, options: &Options) -> anyhow:
         &options.docker,
         args,
         vec![],
-        vec![],
+        restores.to_vec(),
     );
     // `ignore-error=true` hides a failed export: ask afterwards whether the cache is there.
     if let (Some(cache), true) = (&exports, best_effort) {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Action, Build, Plan, PullWhen, PushTag, Role, Step};
+use super::{Action, Build, MountKind, Plan, PullWhen, PushTag, Role, Step};
 
 impl Plan {
     /// The plan as shell lines, one a step, under a comment line per package.
@@ -32,8 +32,11 @@ impl Step {
             .collect();
         words.push(quote(&self.program));
         words.extend(self.args.iter().map(|a| quote(a)));
+        if self.stdin.is_some() {
+            words.push("<<'XTD'".into());
+        }
         let line = words.join(" ");
-        match &self.action {
+        let line = match &self.action {
             Action::Inspect(inspect) => {
                 let why = match inspect.role {
                     Role::Marker => "the registry check: when it and every final tag hold the same image, no other step of the package runs",
@@ -64,7 +67,25 @@ impl Step {
                 skip_if_current: true,
                 ..
             }) => format!("{line}  # skipped when nothing in it ran and the registry holds it"),
+            Action::Mount(mount) => {
+                let why = match mount.kind {
+                    MountKind::Restore => format!(
+                        "the cache mount `{}`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)",
+                        mount.id
+                    ),
+                    MountKind::Export => format!(
+                        "the cache mount `{}`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`",
+                        mount.id
+                    ),
+                    MountKind::Push => format!("the cache mount `{}`: after its export", mount.id),
+                };
+                format!("{line}  # {why}")
+            }
             Action::Build(_) | Action::Push(_) | Action::Mark { .. } => line,
+        };
+        match &self.stdin {
+            Some(text) => format!("{line}\n{text}XTD"),
+            None => line,
         }
     }
 }

@@ -476,6 +476,7 @@ COPY --from=compile-b /b /b
                     format!("push {}", push.image.rsplit(':').next().unwrap())
                 }
                 Action::Pull(pull) => format!("pull {}", pull.image.rsplit(':').next().unwrap()),
+                Action::Mount(m) => format!("{:?} {}", m.kind, m.id),
                 Action::Inspect(inspect) => {
                     format!("inspect {}", inspect.image.rsplit(':').next().unwrap())
                 }
@@ -525,5 +526,132 @@ fn a_tag_that_cannot_be_filled_names_package_and_stage() {
     assert_eq!(
         error.to_string(),
         "package `service`, key `tags`: `{git_sha}` needs the commit sha, and this is not a git checkout"
+    );
+}
+
+#[test]
+fn travelling_cache_mounts_are_restored_before_the_builds_and_exported_after() {
+    let dockerfile = "\
+FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS build
+RUN --mount=type=cache,target=/usr/local/cargo/registry,uid=1000 --mount=type=cache,id=target,target=/app/target cargo build --release
+FROM debian AS runtime
+COPY --from=build /app/bin /bin
+";
+    let mut config = config(&[], &["latest"]);
+    config.cache_mounts =
+        crate::config::CacheMounts::Chosen([("target".to_string(), None)].into_iter().collect());
+    let text = shell(config.clone(), dockerfile, &options(Push::All, false));
+    expect![[r##"
+        # package `service`
+        docker manifest inspect -v registry.example/acme/service:mount-target-feature-x  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
+        FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS restore
+        ARG BUILDPLATFORM
+        ARG TARGETPLATFORM
+        ARG TARGETOS
+        ARG TARGETARCH
+        ARG TARGETVARIANT
+        ARG XTD_RUN
+        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-feature-x,target=/xtd-seed \
+            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then cp -a /xtd-seed/. /xtd-mount/; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
+        XTD
+        docker manifest inspect -v registry.example/acme/service:mount-target-main  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
+        FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS restore
+        ARG BUILDPLATFORM
+        ARG TARGETPLATFORM
+        ARG TARGETOS
+        ARG TARGETARCH
+        ARG TARGETVARIANT
+        ARG XTD_RUN
+        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-main,target=/xtd-seed \
+            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then cp -a /xtd-seed/. /xtd-mount/; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
+        XTD
+        docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:latest
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run --tag registry.example/acme/service:mount-target-feature-x -f - /src/service <<'XTD'  # the cache mount `target`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`
+        FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS export
+        ARG BUILDPLATFORM
+        ARG TARGETPLATFORM
+        ARG TARGETOS
+        ARG TARGETARCH
+        ARG TARGETVARIANT
+        ARG XTD_RUN
+        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked \
+            : 'xtask-docker mount target'; kib=$(du -sk /xtd-mount | cut -f1); echo "xtask-docker-mount $kib KiB"; mkdir -p /xtd-out; if [ "$kib" -le 4194304 ]; then cp -a /xtd-mount/. /xtd-out/; fi
+        FROM scratch
+        COPY --from=export /xtd-out /
+        XTD
+        docker push registry.example/acme/service:mount-target-feature-x  # the cache mount `target`: after its export
+    "##]]
+    .assert_eq(&text);
+    let input = || input(config.clone(), dockerfile);
+    let planned = plan(&[input()], &options(Push::All, false)).unwrap();
+    let ids = |kind: MountKind| -> Vec<usize> {
+        planned
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.action, Action::Mount(m) if m.kind == kind))
+            .map(|s| s.id)
+            .collect()
+    };
+    let (restores, exports, pushes) = (
+        ids(MountKind::Restore),
+        ids(MountKind::Export),
+        ids(MountKind::Push),
+    );
+    assert_eq!((restores.len(), exports.len(), pushes.len()), (2, 1, 1));
+    assert!(
+        planned.steps[restores[1]].after.contains(&restores[0]),
+        "the default branch's copy only after the branch's"
+    );
+    for step in &planned.steps {
+        if matches!(step.action, Action::Build(_)) {
+            assert!(
+                restores.iter().all(|r| step.after.contains(r)),
+                "builds wait for the restores"
+            );
+            assert!(
+                planned.steps[exports[0]].after.contains(&step.id),
+                "the export waits for every build"
+            );
+        }
+    }
+    assert_eq!(planned.steps[pushes[0]].after, exports);
+    // `--no-cache` brings no cache in; a run that pushes nothing writes none; a detached HEAD
+    // has no branch to write the branch-scoped tag under.
+    let no_cache = Options {
+        no_cache: true,
+        ..options(Push::All, false)
+    };
+    let kinds = |plan: &Plan| -> Vec<MountKind> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Mount(m) => Some(m.kind),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&plan(&[input()], &no_cache).unwrap()),
+        [MountKind::Export, MountKind::Push]
+    );
+    assert_eq!(
+        kinds(&plan(&[input()], &options(Push::Nothing, false)).unwrap()),
+        [MountKind::Restore, MountKind::Restore]
+    );
+    let detached = Input {
+        vars: Vars {
+            branch: None,
+            ..vars()
+        },
+        ..input()
+    };
+    assert_eq!(
+        kinds(&plan(&[detached], &options(Push::All, false)).unwrap()),
+        [MountKind::Restore]
     );
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::exec::{Outcome, StepResult, Verdict};
-use crate::plan::{Action, Plan, PullWhen, Role, Step};
+use crate::plan::{Action, MountKind, Plan, PullWhen, Role, Step};
 use crate::progress::BuildProgress;
 
 use super::stages::StageReport;
@@ -43,6 +43,11 @@ pub fn kind(action: &Action) -> &'static str {
         Action::Build(_) => "build",
         Action::Push(_) => "push",
         Action::Mark { .. } => "mark",
+        Action::Mount(mount) => match mount.kind {
+            MountKind::Restore => "restore",
+            MountKind::Export => "export",
+            MountKind::Push => "push",
+        },
     }
 }
 
@@ -97,6 +102,12 @@ enum Detail<'a> {
     },
     Mark {
         marker: &'a str,
+    },
+    Mount {
+        mount: &'a str,
+        image: &'a str,
+        /// The steps that use it, `[stage, command]`: an export runs when one of them ran.
+        uses: &'a [(String, String)],
     },
 }
 
@@ -162,6 +173,11 @@ impl<'a> PlanMessage<'a> {
                         best_effort: p.best_effort,
                     },
                     Action::Mark { marker } => Detail::Mark { marker },
+                    Action::Mount(m) => Detail::Mount {
+                        mount: &m.id,
+                        image: &m.image,
+                        uses: &m.uses,
+                    },
                 },
             })
             .collect();
@@ -223,6 +239,8 @@ pub struct StepFinished<'a> {
     digest: Option<&'a str>,
     /// For questions: whether the registry holds the image (`null` when it did not answer).
     found: Option<bool>,
+    /// For restores and exports of cache mounts: the bytes the mount held.
+    bytes: Option<u64>,
 }
 
 impl<'a> StepFinished<'a> {
@@ -255,6 +273,7 @@ impl<'a> StepFinished<'a> {
                 Action::Pull(p) => Some(&p.image),
                 Action::Inspect(i) => Some(&i.image),
                 Action::Mark { marker } => Some(marker),
+                Action::Mount(m) => Some(&m.image),
                 Action::Build(_) => None,
             },
             digest: result.digest.as_deref(),
@@ -262,6 +281,7 @@ impl<'a> StepFinished<'a> {
                 Some(Ok(held)) => Some(held.is_some()),
                 _ => None,
             },
+            bytes: result.bytes,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use crate::diagnose::RegistryProblem;
 use crate::exec::{Listener, Outcome, StepResult, Verdict};
-use crate::plan::{Action, Plan, PushTag, Step};
+use crate::plan::{Action, MountKind, Plan, PushTag, Step};
 
 pub mod message;
 pub mod stages;
@@ -19,8 +19,8 @@ pub mod summary;
 pub mod time;
 
 use message::Message;
-pub use stages::{fresh_packages, silent_misses, stage_reports};
-pub use summary::summary;
+pub use stages::{fresh_packages, mount_reports, silent_misses, stage_reports};
+pub use summary::{mounts_summary, summary};
 
 /// How much to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -260,9 +260,10 @@ fn display_name(plan: &Plan, step: &Step) -> String {
 }
 
 impl Listener for Reporter {
-    fn started(&self, plan: &Plan, step: &Step) {
+    fn started(&self, plan: &Plan, step: &Step, runs: bool) {
         self.event(&message::StepStarted::new(plan, step));
-        if self.is_fresh(&step.package) {
+        // A skipped step says why when it is finished.
+        if !runs || self.is_fresh(&step.package) {
             return;
         }
         match &step.action {
@@ -278,6 +279,17 @@ impl Listener for Reporter {
                 ..
             }) => {}
             Action::Push(push) => self.status("Pushing", &push.image),
+            Action::Mount(m) => match m.kind {
+                MountKind::Restore => self.status(
+                    "Restoring",
+                    &format!("{} cache mount `{}` from {}", step.package, m.id, m.image),
+                ),
+                MountKind::Export => self.status(
+                    "Exporting",
+                    &format!("{} cache mount `{}`", step.package, m.id),
+                ),
+                MountKind::Push => self.status("Pushing", &m.image),
+            },
         }
         self.live_started(step.id, &display_name(plan, step));
     }
@@ -314,6 +326,24 @@ impl Listener for Reporter {
                 (Action::Mark { marker }, _) => {
                     self.info(&format!("recorded this build as `{marker}`"))
                 }
+                (Action::Mount(m), _) => {
+                    let size = result
+                        .bytes
+                        .map(|b| format!(" ({})", crate::exec::human_bytes(b)))
+                        .unwrap_or_default();
+                    let (verb, what) = match m.kind {
+                        MountKind::Restore => (
+                            "Restored",
+                            format!("{} cache mount `{}`{size}", step.package, m.id),
+                        ),
+                        MountKind::Export => (
+                            "Exported",
+                            format!("{} cache mount `{}`{size}", step.package, m.id),
+                        ),
+                        MountKind::Push => ("Pushed", m.image.clone()),
+                    };
+                    self.status(verb, &format!("{what} in {:.1}s", result.seconds));
+                }
                 _ => {}
             },
             Outcome::Skipped(why) => match &step.action {
@@ -323,7 +353,10 @@ impl Listener for Reporter {
                     &format!("{} stage `{}` ({why})", step.package, b.stage),
                 ),
                 Action::Push(push) => self.status("Fresh", &format!("{} ({why})", push.image)),
-                Action::Inspect(_) | Action::Mark { .. } => {}
+                Action::Mount(m) if m.kind != MountKind::Push => {
+                    self.info(&format!("{}: {why}", step.package))
+                }
+                Action::Inspect(_) | Action::Mark { .. } | Action::Mount(_) => {}
             },
             Outcome::Warning(why) => self.warning(why),
             Outcome::Failed(_) => self.failed_output(&display_name(plan, step), &result.output),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::exec::{Outcome, RunResult};
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, MountKind, Plan};
 
 /// Per package and stage: Dockerfile steps, how many came from the cache, seconds of the steps.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -92,7 +92,7 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
                 };
                 entry(&mut stages, &step.package, stage).0.pushed.push(text);
             }
-            Action::Pull(_) | Action::Inspect(_) | Action::Mark { .. } => {}
+            Action::Pull(_) | Action::Inspect(_) | Action::Mark { .. } | Action::Mount(_) => {}
         }
     }
     stages
@@ -169,4 +169,61 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
         }
     }
     out
+}
+
+/// What a run did with one travelling cache mount of a package.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MountReport {
+    /// The package.
+    pub package: String,
+    /// The mount's id.
+    pub mount: String,
+    /// Restored: from which image, how many bytes, in how many seconds.
+    pub restored: Option<(String, Option<u64>, f64)>,
+    /// Exported: to which image, how many bytes, in how many seconds (the export and its push).
+    pub exported: Option<(String, Option<u64>, f64)>,
+}
+
+/// The travelling cache mounts of a run, with what was restored and exported of each.
+pub fn mount_reports(plan: &Plan, run: &RunResult) -> Vec<MountReport> {
+    let mut reports: Vec<MountReport> = Vec::new();
+    for step in &plan.steps {
+        let Action::Mount(m) = &step.action else {
+            continue;
+        };
+        let at = match reports
+            .iter()
+            .position(|r| r.package == step.package && r.mount == m.id)
+        {
+            Some(at) => at,
+            None => {
+                reports.push(MountReport {
+                    package: step.package.clone(),
+                    mount: m.id.clone(),
+                    ..MountReport::default()
+                });
+                reports.len() - 1
+            }
+        };
+        let Some(result) = run.get(step.id) else {
+            continue;
+        };
+        let ran = matches!(result.outcome, Outcome::Done | Outcome::Warning(_));
+        let report = &mut reports[at];
+        match m.kind {
+            MountKind::Restore if ran => {
+                report.restored = Some((m.image.clone(), result.bytes, result.seconds))
+            }
+            MountKind::Export if ran => {
+                report.exported = Some((m.image.clone(), result.bytes, result.seconds))
+            }
+            MountKind::Push if ran => {
+                if let Some((_, _, seconds)) = &mut report.exported {
+                    *seconds += result.seconds;
+                }
+            }
+            _ => {}
+        }
+    }
+    reports
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::stages::StageReport;
+use super::stages::{MountReport, StageReport};
 
 /// The summary table of a run, as text; empty when nothing was built.
 pub fn summary(reports: &[StageReport]) -> String {
@@ -30,6 +30,47 @@ pub fn summary(reports: &[StageReport]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// The table of a run's travelling cache mounts; empty when there are none.
+pub fn mounts_summary(reports: &[MountReport]) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    let what = |done: &Option<(String, Option<u64>, f64)>| match done {
+        Some((image, bytes, seconds)) => format!(
+            "{} in {seconds:.1}s ({image})",
+            bytes.map_or("?".to_string(), crate::exec::human_bytes)
+        ),
+        None => "-".to_string(),
+    };
+    let mut rows: Vec<[String; 4]> = vec![[
+        "package".into(),
+        "cache mount".into(),
+        "restored".into(),
+        "exported".into(),
+    ]];
+    for r in reports {
+        rows.push([
+            r.package.clone(),
+            r.mount.clone(),
+            what(&r.restored),
+            what(&r.exported),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

@@ -89,6 +89,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         docker: engine::docker_program(),
         // Until the preflight has asked the CLI; a dry run prints the plan for a current one.
         cli: plan::Cli::CURRENT,
+        run_id: run_id(),
         push,
         pull_first: args.pull_cache == PullCache::Always,
         builder: args.builder.clone(),
@@ -176,6 +177,9 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
             && push != Push::Nothing,
         multi_platform: inputs.iter().any(|i| i.package.config.platforms.len() > 1),
         builder: options.builder.clone(),
+        cache_mounts: plan.steps.iter().any(
+            |s| matches!(&s.action, plan::Action::Mount(m) if m.kind == plan::MountKind::Restore),
+        ),
         local_tags: plan.steps.iter().any(|s| match &s.action {
             plan::Action::Build(b) => b.skip_if_current,
             plan::Action::Push(p) => p.skip_if_current,
@@ -208,7 +212,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         exec::ExecOptions {
             jobs: usize::from(args.jobs),
         },
-        engine.local_tags,
+        &engine,
         reporter,
     );
     let reports = report::stage_reports(&plan, &run);
@@ -216,6 +220,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         reporter.warning(&warning);
     }
     reporter.stderr(&report::summary(&reports));
+    reporter.stderr(&report::mounts_summary(&report::mount_reports(&plan, &run)));
     let success = run.failure().is_none() && run.interrupted.is_none();
     let fresh = report::fresh_packages(&run);
     reporter.event(&BuildFinished::new(
@@ -235,4 +240,14 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         &format!("in {:.1}s", started.elapsed().as_secs_f64()),
     );
     Ok(())
+}
+
+/// The run's name: its start time in nanoseconds and the process id, which no other run on
+/// this machine shares.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{nanos}-{}", std::process::id())
 }

@@ -1,0 +1,291 @@
+//! The steps that carry a package's travelling cache mounts (see `package::TravellingMount`):
+//! before its builds, a restore into the engine's mount from the registry; after them, an
+//! export of the mount into an image, and its push.
+//!
+//! Each restore and export is a build of a small generated Dockerfile, given on stdin, that
+//! runs in the image the mount's stage starts from, with `--network none`:
+//! - the restore mounts the cache (as the package's steps do, by id) and the mount image
+//!   (`--mount=type=bind,from=IMAGE`), and copies the image's files into the cache only when
+//!   the cache is empty, so that a warm mount is never replaced by an older copy;
+//! - the export mounts the cache and copies its files into a `FROM scratch` image, unless they
+//!   are more than `cache-mount-limit`: then the image it makes is empty, and its push resets
+//!   the travelling copy (the next agent starts the mount empty, and its export is small again).
+//!
+//! A build argument that names the run (`XTD_RUN`) keeps BuildKit from taking either build's
+//! step from its cache: the mount's content is not part of the step's cache key.
+
+use super::shell::quote;
+use super::{cache_refs, Action, Input, Options, Plan, Push};
+use crate::config::PushCache;
+use crate::package::TravellingMount;
+
+/// A step of a travelling cache mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountStep {
+    /// The cache's id.
+    pub id: String,
+    /// Its image: read from (a restore) or written (an export, a push).
+    pub image: String,
+    /// What the step does.
+    pub kind: MountKind,
+    /// Where the package's steps see the mount (how the engine's list of mounts names it).
+    pub target: String,
+    /// The steps that use it: `(stage, the RUN's command)`. An export runs only when one of
+    /// them ran.
+    pub uses: Vec<(String, String)>,
+    /// For an export: the size past which the mount is not exported, in bytes.
+    pub limit: u64,
+    /// For a push: a refused push is a warning.
+    pub best_effort: bool,
+}
+
+/// What a [`MountStep`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    /// Copies the image's files into the engine's mount, if the engine lacks the mount and the
+    /// registry holds the image (of the refs read in order, the first it holds).
+    Restore,
+    /// Copies the mount's files into an image, after a build in which a step that uses it ran.
+    Export,
+    /// Pushes that image.
+    Push,
+}
+
+/// The restores of `input`'s travelling mounts (with the questions that decide them), before
+/// its builds: returns the steps every build of the package waits for.
+pub(super) fn restores(
+    plan: &mut Plan,
+    input: &Input,
+    options: &Options,
+) -> anyhow::Result<Vec<usize>> {
+    let package = &input.package;
+    let config = &package.config;
+    let name = &config.package;
+    // `--no-cache` trusts no cache, and so brings none in.
+    if options.no_cache {
+        return Ok(Vec::new());
+    }
+    let mut restores = Vec::new();
+    for mount in &package.mounts {
+        let refs = refs(input, mount)?;
+        let mut earlier: Vec<usize> = Vec::new();
+        for image in &refs.read {
+            let asked = plan.inspect(name, &options.docker, image, super::Role::Cache, vec![]);
+            let step = MountStep {
+                id: mount.id.clone(),
+                image: image.clone(),
+                kind: MountKind::Restore,
+                target: mount.options.target.clone(),
+                uses: uses(input, mount),
+                limit: config.cache_mount_limit,
+                best_effort: false,
+            };
+            let (args, stdin) = build_args(input, options, &restore_dockerfile(mount, image));
+            // A later ref is tried only once the earlier ones are decided.
+            let mut after = vec![asked];
+            after.extend(&earlier);
+            let id = plan.add_with_stdin(name, Action::Mount(step), options, args, stdin, after);
+            earlier.push(id);
+            restores.push(id);
+        }
+    }
+    Ok(restores)
+}
+
+/// The exports of `input`'s travelling mounts and their pushes, after every build planned so
+/// far; only where the run writes caches.
+pub(super) fn exports(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
+    let package = &input.package;
+    let config = &package.config;
+    let name = &config.package;
+    if options.push == Push::Nothing {
+        return Ok(());
+    }
+    let builds: Vec<usize> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action, Action::Build(_)))
+        .map(|s| s.id)
+        .collect();
+    let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
+    for mount in &package.mounts {
+        let Some(image) = refs(input, mount)?.write else {
+            // A branch-scoped tag without a branch (a detached HEAD) is not written.
+            continue;
+        };
+        let step = |kind| MountStep {
+            id: mount.id.clone(),
+            image: image.clone(),
+            kind,
+            target: mount.options.target.clone(),
+            uses: uses(input, mount),
+            limit: config.cache_mount_limit,
+            best_effort,
+        };
+        let (mut args, stdin) = build_args(
+            input,
+            options,
+            &export_dockerfile(mount, config.cache_mount_limit),
+        );
+        let at = args.len() - 3; // before `-f - CONTEXT`
+        args.splice(at..at, ["--tag".to_string(), image.clone()]);
+        if options.builder.is_some() {
+            args.insert(at + 2, "--push".into());
+        }
+        let export = plan.add_with_stdin(
+            name,
+            Action::Mount(step(MountKind::Export)),
+            options,
+            args,
+            stdin,
+            builds.clone(),
+        );
+        // A builder of its own keeps the image to itself: the export pushed it.
+        if options.builder.is_none() {
+            let args = vec!["push".to_string(), image.clone()];
+            plan.add(
+                name,
+                Action::Mount(step(MountKind::Push)),
+                &options.docker,
+                args,
+                vec![],
+                vec![export],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The refs of `mount`'s image: written under the current branch, read from it and then
+/// from the default branch.
+fn refs(input: &Input, mount: &TravellingMount) -> anyhow::Result<super::CacheRefs> {
+    let config = &input.package.config;
+    cache_refs(
+        &mount.tag,
+        &config.cache_image,
+        &input.vars,
+        &config.default_branch,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "package `{}`, cache mount `{}`: {e}",
+            config.package,
+            mount.id
+        )
+    })
+}
+
+fn uses(input: &Input, mount: &TravellingMount) -> Vec<(String, String)> {
+    mount
+        .uses
+        .iter()
+        .map(|(stage, command, _)| (input.package.graph.name(*stage), command.clone()))
+        .collect()
+}
+
+/// The argv of a restore or export build and its stdin: `docker build` (the classic client
+/// needs `DOCKER_BUILDKIT=1`, given by `add_with_stdin`), or `docker buildx build` with the
+/// builder asked for; `--network none`; the package's platforms, so that the platform args in
+/// a mount's id expand as in the package's builds; the Dockerfile on stdin; the package's
+/// context, which the generated Dockerfile does not read (BuildKit sends none of it).
+fn build_args(input: &Input, options: &Options, dockerfile: &str) -> (Vec<String>, String) {
+    let config = &input.package.config;
+    let mut args: Vec<String> = match &options.builder {
+        Some(builder) => vec![
+            "buildx".into(),
+            "build".into(),
+            "--builder".into(),
+            builder.clone(),
+        ],
+        None => vec!["build".into()],
+    };
+    args.push(options.cli.progress(options.builder.is_some()).into());
+    args.extend(["--network".into(), "none".into()]);
+    if !config.platforms.is_empty() {
+        args.extend(["--platform".into(), config.platforms.join(",")]);
+    }
+    args.extend(["--build-arg".into(), format!("XTD_RUN={}", options.run_id)]);
+    args.extend(["-f".into(), "-".into(), super::path(&config.context)]);
+    (args, dockerfile.to_string())
+}
+
+/// Where the generated builds mount the cache: a path of their own, so that no quoting of the
+/// package's target is needed.
+const MOUNTED: &str = "/xtd-mount";
+
+/// The `--mount` option that mounts `mount`'s cache, with the first use's `uid`, `gid` and
+/// `mode` (which apply when the cache is created: a restore may create it).
+fn cache_option(mount: &TravellingMount) -> String {
+    let o = &mount.options;
+    let mut fields = vec![
+        "type=cache".to_string(),
+        csv(&format!("id={}", mount.id)),
+        format!("target={MOUNTED}"),
+        "sharing=locked".to_string(),
+    ];
+    for (key, value) in [("uid", &o.uid), ("gid", &o.gid), ("mode", &o.mode)] {
+        if let Some(value) = value {
+            fields.push(csv(&format!("{key}={value}")));
+        }
+    }
+    fields.join(",")
+}
+
+/// One field of BuildKit's CSV-quoted mount options.
+fn csv(field: &str) -> String {
+    if field.contains([',', '"']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}
+
+/// The first lines of both generated Dockerfiles: the mount's stage's first image, the
+/// platform args a mount's id may use, and the run's name.
+fn preamble(mount: &TravellingMount, alias: &str) -> String {
+    let platform = match &mount.base_platform {
+        Some(platform) => format!("--platform={platform} "),
+        None => String::new(),
+    };
+    format!(
+        "FROM {platform}{} AS {alias}\nARG BUILDPLATFORM\nARG TARGETPLATFORM\nARG TARGETOS\nARG TARGETARCH\nARG TARGETVARIANT\nARG XTD_RUN\n",
+        mount.base
+    )
+}
+
+/// `: 'xtask-docker mount ID'`: a no-op that names the mount in the step's command, which the
+/// engine's list of mounts shows.
+fn named(mount: &TravellingMount) -> String {
+    format!(": {}", quote(&format!("xtask-docker mount {}", mount.id)))
+}
+
+/// The restore of `mount` from `image`.
+fn restore_dockerfile(mount: &TravellingMount, image: &str) -> String {
+    format!(
+        "{}RUN --mount={} --mount=type=bind,{},target=/xtd-seed \\\n    {}; if [ -z \"$(ls -A {MOUNTED})\" ]; then cp -a /xtd-seed/. {MOUNTED}/; fi; echo \"xtask-docker-mount $(du -sk {MOUNTED} | cut -f1) KiB\"\n",
+        preamble(mount, "restore"),
+        cache_option(mount),
+        csv(&format!("from={image}")),
+        named(mount),
+    )
+}
+
+/// The export of `mount`, unless it is more than `limit` bytes.
+fn export_dockerfile(mount: &TravellingMount, limit: u64) -> String {
+    format!(
+        "{}RUN --mount={} \\\n    {}; kib=$(du -sk {MOUNTED} | cut -f1); echo \"xtask-docker-mount $kib KiB\"; mkdir -p /xtd-out; if [ \"$kib\" -le {} ]; then cp -a {MOUNTED}/. /xtd-out/; fi\nFROM scratch\nCOPY --from=export /xtd-out /\n",
+        preamble(mount, "export"),
+        cache_option(mount),
+        named(mount),
+        limit / 1024,
+    )
+}
+
+/// The size a restore or export printed, in bytes.
+pub fn printed_size(output: &str) -> Option<u64> {
+    output.lines().rev().find_map(|line| {
+        let rest = &line[line.find("xtask-docker-mount ")? + "xtask-docker-mount ".len()..];
+        let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(kib * 1024)
+    })
+}

@@ -1,0 +1,242 @@
+//! Cache mounts that travel (`cache-mounts`), end to end on fresh agents and a real registry: a
+//! counter kept in a `RUN --mount=type=cache` folder shows whether the folder's content came
+//! along, as a non-root user with `sharing=locked`, on both engines and both cache modes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::{docker, events, tool, Run};
+
+/// A busybox base image (a shell and `cp`), pushed to `registry` and named by digest.
+fn busybox_base(tools: &testbed::Tools, registry: &testbed::Registry) -> String {
+    let dir = testbed::temp_dir("mount-base").unwrap();
+    std::fs::copy(&tools.busybox, dir.join("busybox")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    )
+    .unwrap();
+    let agent = tools.engine().unwrap();
+    let image = format!("{}/library/busybox:1", registry.addr());
+    for args in [
+        vec![
+            "build",
+            "--network",
+            "none",
+            "-t",
+            &image,
+            dir.to_str().unwrap(),
+        ],
+        vec!["push", &image],
+    ] {
+        let out = docker(&tools.cli20, &agent, &args)
+            .env("DOCKER_BUILDKIT", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let digest = registry
+        .manifest_digest("library/busybox", "1")
+        .unwrap()
+        .expect("pushed");
+    format!("{image}@{digest}")
+}
+
+/// A package whose build counts its runs in a cache mount, from `base`; the count is the
+/// image's `/result`. `extra` goes into its table.
+fn counter(registry: &testbed::Registry, base: &str, extra: &str) -> PathBuf {
+    let dir = testbed::temp_dir("mounts").unwrap();
+    std::fs::create_dir(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/input.txt"), "1").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {base} AS build\nRUN mkdir -p /home/app /etc && echo app:x:1000:1000::/home/app:/bin/sh >> /etc/passwd && echo app:x:1000: >> /etc/group && chown 1000 /home/app\nUSER 1000\nCOPY src /src\nRUN --mount=type=cache,id=counter,target=/home/app/cache,uid=1000,sharing=locked n=$(cat /home/app/cache/count 2>/dev/null || echo 0); echo $((n + 1)) > /home/app/cache/count; cp /home/app/cache/count /home/app/result\nFROM build AS runtime\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"counter\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[package.metadata.docker]\nimage = \"{}/acme/counter\"\nnetwork = \"none\"\ncache-mounts = true\n{extra}\n",
+            registry.addr()
+        ),
+    )
+    .unwrap();
+    dir.join("Cargo.toml")
+}
+
+/// What the image `latest` counted.
+fn count(cli: &Path, agent: &testbed::Engine, registry: &testbed::Registry) -> String {
+    let image = format!("{}/acme/counter:latest", registry.addr());
+    let out = docker(
+        cli,
+        agent,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "cat",
+            "/home/app/result",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `step-finished` of the mount step of `kind` (`restore`, `export`), the first that ran if
+/// any did, else the first.
+fn mount_step(run: &Run, kind: &str) -> serde_json::Value {
+    let finished: Vec<serde_json::Value> = events(run)
+        .into_iter()
+        .filter(|e| e["reason"] == "step-finished" && e["kind"] == kind)
+        .collect();
+    finished
+        .iter()
+        .find(|e| e["outcome"] == "done")
+        .or(finished.first())
+        .unwrap_or_else(|| panic!("no {kind} step\n{}", run.stderr))
+        .clone()
+}
+
+fn build(cli: &Path, agent: &testbed::Engine, manifest: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "build",
+        "--manifest-path",
+        manifest.to_str().unwrap(),
+        "--push",
+        "--message-format",
+        "json",
+    ];
+    args.extend(extra);
+    let run = tool(cli, agent, &args);
+    run.assert_ok();
+    run
+}
+
+/// Four generations: cold on agent 1; after an edit on fresh agent 2 (restored: the count
+/// goes on); nothing changed, rebuilt on agent 2 (nothing ran: no export); after an edit on
+/// agent 2 again (warm: the older copy in the registry is not restored over it).
+fn generations(cli: &Path, modern: bool, extra: &str) {
+    let tools = if modern {
+        testbed::require_modern()
+    } else {
+        testbed::require()
+    };
+    let Some(tools) = tools else { return };
+    let registry = tools.registry().unwrap();
+    let base = busybox_base(&tools, &registry);
+    let manifest = counter(&registry, &base, extra);
+    let agent = || {
+        if modern {
+            tools.modern_engine()
+        } else {
+            tools.engine()
+        }
+        .unwrap()
+    };
+    let input = manifest.with_file_name("src").join("input.txt");
+
+    let first = agent();
+    let run = build(cli, &first, &manifest, &["--branch", "main"]);
+    assert_eq!(count(cli, &first, &registry), "1", "{}", run.stderr);
+    assert_eq!(
+        mount_step(&run, "restore")["outcome"],
+        "skipped",
+        "no cache yet\n{}",
+        run.stderr
+    );
+    let export = mount_step(&run, "export");
+    assert_eq!(export["outcome"], "done", "{}", run.stderr);
+    assert!(export["bytes"].as_u64().is_some_and(|b| b > 0), "{export}");
+    first.stop();
+    let tags = registry.tags("acme/counter").unwrap();
+    assert!(tags.contains(&"mount-counter-main".to_string()), "{tags:?}");
+
+    std::fs::write(&input, "2").unwrap();
+    let second = agent();
+    let run = build(cli, &second, &manifest, &["--branch", "main"]);
+    assert_eq!(
+        mount_step(&run, "restore")["outcome"],
+        "done",
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        count(cli, &second, &registry),
+        "2",
+        "the count went on from agent 1's\n{}",
+        run.stderr
+    );
+    assert_eq!(mount_step(&run, "export")["outcome"], "done");
+
+    let run = build(cli, &second, &manifest, &["--branch", "main", "--rebuild"]);
+    let export = mount_step(&run, "export");
+    assert_eq!(export["outcome"], "skipped", "{}", run.stderr);
+    assert!(
+        export["message"]
+            .as_str()
+            .unwrap()
+            .contains("no step that uses"),
+        "{export}"
+    );
+
+    std::fs::write(&input, "3").unwrap();
+    let run = build(cli, &second, &manifest, &["--branch", "main"]);
+    let restore = mount_step(&run, "restore");
+    assert_eq!(restore["outcome"], "skipped", "{}", run.stderr);
+    assert!(
+        restore["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds the cache mount"),
+        "{restore}"
+    );
+    assert_eq!(
+        count(cli, &second, &registry),
+        "3",
+        "the warm mount went on\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_cache_mount_travels_with_the_20_10_cli() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    generations(&tools.cli20, false, "");
+}
+
+#[test]
+fn a_cache_mount_travels_with_the_modern_cli() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    generations(&tools.cli28, false, "");
+}
+
+#[test]
+fn a_cache_mount_travels_with_a_registry_cache_on_the_modern_engine() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    generations(
+        &tools.cli28,
+        true,
+        "cache = \"registry\"\nprovenance = false",
+    );
+}

@@ -240,3 +240,61 @@ fn a_cache_mount_travels_with_a_registry_cache_on_the_modern_engine() {
         "cache = \"registry\"\nprovenance = false",
     );
 }
+
+#[test]
+fn a_mount_past_its_limit_resets_its_travelling_copy_and_check_shows_the_mounts() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let base = busybox_base(&tools, &registry);
+    let manifest = counter(&registry, &base, "cache-mount-limit = 1");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+        .args([
+            "docker",
+            "check",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains(&format!(
+            "cache mount `counter` travels as `{}/acme/counter:mount-counter-{{branch}}`",
+            registry.addr()
+        )) && text.contains("used by `build` line 5"),
+        "{text}"
+    );
+
+    let first = tools.engine().unwrap();
+    let run = build(&tools.cli28, &first, &manifest, &["--branch", "main"]);
+    let export = mount_step(&run, "export");
+    assert_eq!(export["outcome"], "warning", "{export}");
+    assert!(
+        run.stderr.contains("more than `cache-mount-limit` (1 B)") && run.stderr.contains("reset"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        mount_step(&run, "push")["outcome"],
+        "done",
+        "the empty copy is pushed"
+    );
+    first.stop();
+    std::fs::write(manifest.with_file_name("src").join("input.txt"), "2").unwrap();
+    let second = tools.engine().unwrap();
+    let run = build(&tools.cli28, &second, &manifest, &["--branch", "main"]);
+    assert_eq!(
+        mount_step(&run, "restore")["outcome"],
+        "done",
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        count(&tools.cli28, &second, &registry),
+        "1",
+        "the mount started afresh from the reset copy\n{}",
+        run.stderr
+    );
+}

@@ -372,4 +372,94 @@ mod tests {
         );
         assert!(!current(&known(&[], &[], Some(&[]))), "never asked");
     }
+
+    fn mount_step(kind: MountKind) -> Step {
+        Step {
+            id: 0,
+            package: "svc".into(),
+            action: Action::Mount(MountStep {
+                id: "target".into(),
+                image: "r/x:mount-target-main".into(),
+                kind,
+                target: "/app/target".into(),
+                uses: vec![("build".into(), "cargo build --release".into())],
+                limit: 1 << 30,
+                best_effort: false,
+            }),
+            program: "docker".into(),
+            args: vec![],
+            env: vec![],
+            stdin: None,
+            after: vec![],
+        }
+    }
+
+    fn skipped(start: Start) -> String {
+        match start {
+            Start::Skip(why) => why,
+            Start::Run => "runs".into(),
+        }
+    }
+
+    #[test]
+    fn a_mount_is_restored_only_into_an_engine_that_lacks_it_from_an_image_the_registry_holds() {
+        let restore = mount_step(MountKind::Restore);
+        let held = [("r/x:mount-target-main", manifests(&["sha256:m"]))];
+        let mut k = known(&[], &held, Some(&[]));
+        assert_eq!(
+            start(&restore, &k),
+            Start::Run,
+            "an engine whose mounts are unknown"
+        );
+        k.mounts_held = Some(vec![
+            "cached mount /usr/local/cargo/registry from exec /bin/sh -c cargo build".into(),
+        ]);
+        assert_eq!(start(&restore, &k), Start::Run, "another mount");
+        for description in [
+            "cached mount /app/target from exec /bin/sh -c cargo build --release",
+            "cached mount /xtd-mount from exec /bin/sh -c : 'xtask-docker mount target'; if ...",
+        ] {
+            k.mounts_held = Some(vec![description.into()]);
+            assert!(
+                skipped(start(&restore, &k)).contains("holds the cache mount"),
+                "{description}"
+            );
+        }
+        k.mounts_held = Some(vec![]);
+        k.restored.insert("target".into());
+        assert!(skipped(start(&restore, &k)).contains("earlier ref"));
+        let k = known(&[], &[("r/x:mount-target-main", Ok(None))], Some(&[]));
+        assert!(skipped(start(&restore, &k)).starts_with("no cache yet"));
+    }
+
+    #[test]
+    fn a_mount_is_exported_only_after_a_step_that_uses_it_ran_and_pushed_only_when_exported() {
+        let export = mount_step(MountKind::Export);
+        let mut k = known(&[], &[], Some(&[]));
+        assert!(skipped(start(&export, &k)).contains("no step that uses"));
+        let ran = |stage: &str, name: &str| {
+            (
+                "svc".to_string(),
+                [(stage.to_string(), name.to_string())].into(),
+            )
+        };
+        for (stage, name) in [
+            ("build", "[build 3/3] COPY . ."),
+            ("other", "[other 2/2] RUN --mount=type=cache,id=target,target=/app/target cargo build --release"),
+        ] {
+            k.ran_steps = BTreeMap::from([ran(stage, name)]);
+            assert!(skipped(start(&export, &k)).contains("no step that uses"), "{name}");
+        }
+        k.ran_steps = BTreeMap::from([ran(
+            "build",
+            "[build 2/3] RUN --mount=type=cache,id=target,target=/app/target   cargo build --release",
+        )]);
+        assert_eq!(start(&export, &k), Start::Run);
+        let push = mount_step(MountKind::Push);
+        assert!(skipped(start(&push, &k)).contains("was not exported"));
+        k.exported.insert("r/x:mount-target-main".into());
+        assert_eq!(start(&push, &k), Start::Run);
+        k.fresh.insert("svc".into(), "r/x:inputs-1".into());
+        assert!(skipped(start(&push, &k)).contains("registry holds this build"));
+    }
 }

@@ -166,7 +166,7 @@ pub(crate) fn mount(
             .collect();
         return Outcome::Failed(format!(
             "the {what} of cache mount `{id}` of package `{package}` failed: {message}{}
-note: it runs `sh`, `ls`, `du`, `cut` and `cp` in the image its stage starts from; an image without them (distroless, scratch) cannot carry the mount: leave it out of `cache-mounts`
+note: it runs `sh`, `ls`, `du`, `cut`, `cp`, `stat`, `chown` and `chmod` in the image its stage starts from; an image without them (distroless, scratch) cannot carry the mount: leave it out of `cache-mounts`
 command: {}",
             tail.iter().map(|l| format!("
   {l}")).collect::<String>(),
@@ -316,5 +316,68 @@ mod tests {
             ..written
         };
         assert_eq!(inspect(&marker, &Ok(None)), Outcome::Done, "answered");
+    }
+
+    #[test]
+    fn a_mount_past_its_limit_resets_and_one_that_cannot_run_says_what_it_needs() {
+        let mut step = Step {
+            id: 1,
+            package: "svc".into(),
+            action: crate::plan::Action::Mark { marker: "m".into() },
+            program: "docker".into(),
+            args: vec!["build".into()],
+            env: vec![],
+            stdin: None,
+            after: vec![],
+        };
+        let mount = MountStep {
+            id: "target".into(),
+            image: "r/x:mount-target-main".into(),
+            kind: MountKind::Export,
+            target: "/app/target".into(),
+            uses: vec![],
+            limit: 1 << 20,
+            best_effort: false,
+        };
+        step.action = crate::plan::Action::Mount(mount.clone());
+        let done = Streamed::default();
+        assert_eq!(
+            mount_outcome(&step, &mount, &done, Some(1 << 20)),
+            Outcome::Done
+        );
+        match mount_outcome(&step, &mount, &done, Some(3 << 20)) {
+            Outcome::Warning(w) => assert!(
+                w.contains("3.0 MiB, more than `cache-mount-limit` (1.0 MiB)")
+                    && w.contains("reset"),
+                "{w}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let no_cp = failed("#7 0.05 /bin/sh: cp: not found\n#7 ERROR: process \"/bin/sh -c ...\" did not complete successfully: exit code: 127");
+        match mount_outcome(&step, &mount, &no_cp, None) {
+            Outcome::Failed(why) => assert!(
+                why.contains("`cp`") && why.contains("cache mount `target`"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let restore = MountStep {
+            kind: MountKind::Restore,
+            ..mount
+        };
+        let down =
+            failed("failed to do request: dial tcp 127.0.0.1:5999: connect: connection refused");
+        assert!(
+            matches!(mount_outcome(&step, &restore, &down, None), Outcome::Warning(w) if w.contains("building without it"))
+        );
+    }
+
+    fn mount_outcome(
+        step: &Step,
+        mount: &MountStep,
+        streamed: &Streamed,
+        bytes: Option<u64>,
+    ) -> Outcome {
+        super::mount(step, mount, streamed, bytes, false)
     }
 }

@@ -38,6 +38,42 @@ pub struct TravellingMount {
     pub with_secret: bool,
 }
 
+impl TravellingMount {
+    /// The warning for a mount that a step which also mounts a secret uses: whatever that step
+    /// writes into the mount (a token in a config file, say) is pushed to the registry.
+    pub fn secret_warning(&self, graph: &StageGraph) -> Option<String> {
+        self.with_secret.then(|| {
+            format!(
+                "a step that uses the travelling cache mount `{}` also mounts a secret: whatever it writes into the mount is pushed to the registry with it\nnote: keep secrets out of the mount's folder, or leave the mount out of `cache-mounts`; the steps: {}",
+                self.id,
+                self.uses
+                    .iter()
+                    .map(|(stage, _, line)| format!("stage `{}` line {line}", graph.name(*stage)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// How `check` shows it: its id, its tag and the steps that use it.
+    pub fn describe(&self, graph: &StageGraph, cache_image: &str) -> String {
+        let uses: Vec<String> = self
+            .uses
+            .iter()
+            .map(|(stage, command, line)| {
+                format!("`{}` line {line} `RUN {command}`", graph.name(*stage))
+            })
+            .collect();
+        format!(
+            "cache mount `{}` travels as `{cache_image}:{}` (restored and exported in `{}`); used by {}",
+            self.id,
+            self.tag,
+            self.base,
+            uses.join(", ")
+        )
+    }
+}
+
 /// The travelling mounts of the stages `built` (every stage a build of the package runs).
 pub(super) fn travelling(
     graph: &StageGraph,
@@ -250,5 +286,24 @@ FROM debian AS runtime
             .to_string()
             .starts_with("mount-targetarch-"));
         assert!(default_tag(&"x".repeat(300)).unwrap().to_string().len() < 80);
+    }
+
+    #[test]
+    fn check_shows_each_mount_and_warns_of_a_secret_beside_it() {
+        let with_secret = "FROM rust AS build\nRUN --mount=type=secret,id=npm --mount=type=cache,target=/root/.npm npm ci\n";
+        let graph = StageGraph::parse(with_secret).unwrap();
+        let all = mounts(with_secret, CacheMounts::All).unwrap();
+        let warning = all[0].secret_warning(&graph).expect("a warning");
+        assert!(
+            warning.contains("`/root/.npm`") && warning.contains("stage `build` line 2"),
+            "{warning}"
+        );
+        assert_eq!(
+            all[0].describe(&graph, "r/x"),
+            "cache mount `/root/.npm` travels as `r/x:mount-root-.npm-9a9bd570-{branch}` (restored and exported in `rust`); used by `build` line 2 `RUN npm ci`"
+        );
+        let plain = mounts(CHEF, CacheMounts::All).unwrap();
+        let graph = StageGraph::parse(CHEF).unwrap();
+        assert!(plain.iter().all(|m| m.secret_warning(&graph).is_none()));
     }
 }

@@ -259,10 +259,12 @@ fn named(mount: &TravellingMount) -> String {
     format!(": {}", quote(&format!("xtask-docker mount {}", mount.id)))
 }
 
-/// The restore of `mount` from `image`.
+/// The restore of `mount` from `image`. `cp -a` of the seed's `.` would also give the mount's
+/// own folder the owner and mode of the image's root: they are put back as BuildKit made them
+/// (with the mount's `uid`, `gid` and `mode`), so that a non-root step can still write.
 fn restore_dockerfile(mount: &TravellingMount, image: &str) -> String {
     format!(
-        "{}RUN --mount={} --mount=type=bind,{},target=/xtd-seed \\\n    {}; if [ -z \"$(ls -A {MOUNTED})\" ]; then cp -a /xtd-seed/. {MOUNTED}/; fi; echo \"xtask-docker-mount $(du -sk {MOUNTED} | cut -f1) KiB\"\n",
+        "{}RUN --mount={} --mount=type=bind,{},target=/xtd-seed \\\n    {}; if [ -z \"$(ls -A {MOUNTED})\" ]; then owner=$(stat -c %u:%g {MOUNTED}); mode=$(stat -c %a {MOUNTED}); cp -a /xtd-seed/. {MOUNTED}/; chown \"$owner\" {MOUNTED}; chmod \"$mode\" {MOUNTED}; fi; echo \"xtask-docker-mount $(du -sk {MOUNTED} | cut -f1) KiB\"\n",
         preamble(mount, "restore"),
         cache_option(mount),
         csv(&format!("from={image}")),

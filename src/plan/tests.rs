@@ -553,7 +553,7 @@ COPY --from=build /app/bin /bin
         ARG TARGETVARIANT
         ARG XTD_RUN
         RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-feature-x,target=/xtd-seed \
-            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then cp -a /xtd-seed/. /xtd-mount/; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
+            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
         XTD
         docker manifest inspect -v registry.example/acme/service:mount-target-main  # whether the registry holds this cache image decides the skips below
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
@@ -565,7 +565,7 @@ COPY --from=build /app/bin /bin
         ARG TARGETVARIANT
         ARG XTD_RUN
         RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-main,target=/xtd-seed \
-            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then cp -a /xtd-seed/. /xtd-mount/; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
+            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
         XTD
         docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service

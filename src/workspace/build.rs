@@ -47,6 +47,11 @@ fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>>
 
 /// Warnings about the configuration that are not errors.
 fn lint(package: &Package, reporter: &Reporter) {
+    for mount in &package.mounts {
+        if let Some(warning) = mount.secret_warning(&package.graph) {
+            reporter.warning(&warning);
+        }
+    }
     let context = &package.config.context;
     let ignored = crate::fingerprint::ignore_file(&package.config.dockerfile, context).is_some();
     if !ignored && context.join("target").is_dir() {

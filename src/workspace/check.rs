@@ -14,6 +14,11 @@ use super::load::load;
 pub(super) fn check(args: &CheckArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let packages = load(&args.select).map_err(Failure::config)?;
     for package in packages {
+        for mount in &package.mounts {
+            if let Some(warning) = mount.secret_warning(&package.graph) {
+                reporter.warning(&warning);
+            }
+        }
         let text = match args.graph {
             Some(format) => graph::render(&package, format),
             None => describe(&package),
@@ -61,6 +66,12 @@ pub fn describe(package: &Package) -> String {
         out.push_str(&format!(
             "  registry cache: `{}:{}`\n",
             package.config.cache_image, package.config.cache_tag
+        ));
+    }
+    for mount in &package.mounts {
+        out.push_str(&format!(
+            "  {}\n",
+            mount.describe(graph, package.config.cache_image.as_str())
         ));
     }
     out

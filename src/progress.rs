@@ -287,12 +287,23 @@ pub fn readable(output: &str) -> String {
 /// For `[compile 2/5] RUN ...`, `[stage-1 1/2] COPY ...` or `[2/3] RUN ...` (a step of the
 /// Dockerfile, as opposed to `[internal] ...` and `[auth] ...`): `Some(stage)`, where the stage
 /// is `None` for the last form.
+///
+/// A build of several platforms prefixes the step's platform: `[linux/arm64 compile 2/5]`
+/// (or `[linux/arm64 2/3]` for one unnamed stage) is a step of `compile` all the same.
 fn dockerfile_step_stage(name: &str) -> Option<Option<String>> {
     let inner = name.strip_prefix('[')?.split_once(']')?.0;
     let (stage, count) = match inner.rsplit_once(' ') {
-        Some((stage, count)) => (Some(stage.to_string()), count),
+        Some((stage, count)) => (Some(stage), count),
         None => (None, inner),
     };
+    // A stage name has no `/`, a platform always has one.
+    let stage = stage
+        .map(|s| match s.split_once(' ') {
+            Some((platform, stage)) if platform.contains('/') => stage,
+            _ => s,
+        })
+        .filter(|s| !s.contains('/'))
+        .map(str::to_string);
     let (k, n) = count.split_once('/')?;
     let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
     (digits(k) && digits(n)).then_some(stage)

@@ -298,3 +298,133 @@ fn a_mount_past_its_limit_resets_its_travelling_copy_and_check_shows_the_mounts(
         run.stderr
     );
 }
+
+/// A two-platform busybox base image on `agent` (the modern engine), pushed to `registry` and
+/// named by digest.
+fn busybox_base_two_platforms(
+    tools: &testbed::Tools,
+    agent: &testbed::Engine,
+    registry: &testbed::Registry,
+) -> String {
+    let dir = testbed::temp_dir("mount-base2").unwrap();
+    std::fs::copy(&tools.busybox, dir.join("busybox-amd64")).unwrap();
+    std::fs::copy(tools.busybox_arm64().unwrap(), dir.join("busybox-arm64")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    )
+    .unwrap();
+    let image = format!("{}/library/busybox:2", registry.addr());
+    let args = [
+        "buildx",
+        "build",
+        "--network",
+        "none",
+        "--provenance=false",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &image,
+        "--push",
+        dir.to_str().unwrap(),
+    ];
+    let out = docker(&tools.cli28, agent, &args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = registry
+        .manifest_digest("library/busybox", "2")
+        .unwrap()
+        .expect("pushed");
+    format!("{image}@{digest}")
+}
+
+#[test]
+fn each_platform_s_mount_travels_in_a_two_platform_build() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let first = tools.modern_engine().unwrap();
+    let base = busybox_base_two_platforms(&tools, &first, &registry);
+    let manifest = counter(
+        &registry,
+        &base,
+        "cache = \"registry\"\nprovenance = false\nplatform = [\"linux/amd64\", \"linux/arm64\"]",
+    );
+    // One cache per platform, as a cross-platform Dockerfile keeps them apart.
+    support::edit(
+        &manifest.with_file_name("Dockerfile"),
+        "RUN --mount=type=cache,id=counter,",
+        "ARG TARGETARCH\nRUN --mount=type=cache,id=counter-$TARGETARCH,",
+    );
+    // The arm64 step counts in tens: a platform that got the other's copy would show it.
+    support::edit(
+        &manifest.with_file_name("Dockerfile"),
+        "echo $((n + 1))",
+        "echo $((n + $(uname -m | grep -q aarch64 && echo 10 || echo 1)))",
+    );
+    let count_on = |agent: &testbed::Engine, platform: &str| -> String {
+        let image = format!("{}/acme/counter:latest", registry.addr());
+        let args = [
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--platform",
+            platform,
+            &image,
+            "cat",
+            "/home/app/result",
+        ];
+        let out = docker(&tools.cli28, agent, &args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let run = build(&tools.cli28, &first, &manifest, &["--branch", "main"]);
+    assert_eq!(
+        mount_step(&run, "export")["outcome"],
+        "done",
+        "{}",
+        run.stderr
+    );
+    first.stop();
+    let tag = registry
+        .tags("acme/counter")
+        .unwrap()
+        .into_iter()
+        .find(|t| t.starts_with("mount-counter-targetarch-"))
+        .expect("the mount's copy");
+    let copy = registry.manifest("acme/counter", &tag).unwrap();
+    let mut platforms = copy.expect("the mount's copy").platforms().unwrap();
+    platforms.sort();
+    assert_eq!(
+        platforms,
+        ["linux/amd64", "linux/arm64"],
+        "one copy per platform"
+    );
+
+    std::fs::write(manifest.with_file_name("src").join("input.txt"), "2").unwrap();
+    let second = tools.modern_engine().unwrap();
+    let run = build(&tools.cli28, &second, &manifest, &["--branch", "main"]);
+    assert_eq!(
+        mount_step(&run, "restore")["outcome"],
+        "done",
+        "{}",
+        run.stderr
+    );
+    for (platform, expected) in [("linux/amd64", "2"), ("linux/arm64", "20")] {
+        assert_eq!(
+            count_on(&second, platform),
+            expected,
+            "{platform}: the count went on\n{}",
+            run.stderr
+        );
+    }
+}

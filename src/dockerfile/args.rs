@@ -70,6 +70,37 @@ pub(super) fn global_args(
     Ok(vars)
 }
 
+/// Adds an `ARG` inside a stage (its text `text`) to the stage's scope: inside a stage a
+/// variable is visible only once the stage declares it, and then holds the build argument's
+/// value, else its own default, else the global `ARG`'s (BuildKit's rules).
+pub(super) fn declare_stage_args(
+    text: &str,
+    escape: char,
+    build_args: &BTreeMap<String, String>,
+    globals: &HashMap<String, Var>,
+    scope: &mut HashMap<String, Var>,
+) -> Result<(), String> {
+    for word in split_words(text, escape) {
+        let (name, default) = match word.split_once('=') {
+            Some((name, default)) => (name.to_string(), Some(default)),
+            None => (word.clone(), None),
+        };
+        let var = if let Some(value) = build_args.get(&name) {
+            Var::Value(value.clone())
+        } else if PLATFORM_ARGS.contains(&name.as_str()) {
+            globals.get(&name).cloned().unwrap_or(Var::Opaque)
+        } else if let Some(default) = default {
+            Var::Value(expand(default, escape, scope).map_err(|e| format!("in `ARG {word}`: {e}"))?)
+        } else if let Some(global) = globals.get(&name) {
+            global.clone()
+        } else {
+            continue;
+        };
+        scope.insert(name, var);
+    }
+    Ok(())
+}
+
 /// Splits an `ARG` line into words at whitespace outside quotes, keeping quotes and escapes
 /// (BuildKit's `parseWords`); [`expand`] removes them later.
 pub(super) fn split_words(text: &str, escape: char) -> Vec<String> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use parse_dockerfile::{Dockerfile, Instruction};
 
-use super::args::{expand, global_args};
+use super::args::{declare_stage_args, expand, global_args};
 use super::graph::find_cycle;
 use super::{collapse_whitespace, DockerfileError, LineIndex, MountUse, Stage, StageGraph};
 
@@ -158,9 +158,16 @@ pub(super) fn build(
         } else if partial.base != "scratch" {
             images.push(partial.base.clone());
         }
+        // The variables a stage's own instructions see: only those it declares.
+        let mut scope = std::collections::HashMap::new();
         // ONBUILD instructions run in a later build that uses this image, not in this one.
         for instruction in stage.instructions {
             match instruction {
+                Instruction::Arg(arg) => {
+                    let line = lines.line(arg.arg.span.start);
+                    declare_stage_args(&arg.arguments.value, escape, build_args, &vars, &mut scope)
+                        .map_err(|e| DockerfileError::at(line, e))?;
+                }
                 Instruction::Copy(copy) => {
                     let line = lines.line(copy.copy.span.start);
                     for flag in copy.options.iter().filter(|f| f.name.value == "from") {
@@ -213,7 +220,12 @@ pub(super) fn build(
                             DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
                         })?;
                         with_secret |= super::mounts::is_secret(&mount);
-                        if let Some(found) = super::mounts::cache_mount(&mount) {
+                        // A cache mount's id is what the stage's own variables make of it
+                        // (the platform args it declares kept as written, for the builder).
+                        let in_scope = expand(&value.value, escape, &scope).map_err(|e| {
+                            DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
+                        })?;
+                        if let Some(found) = super::mounts::cache_mount(&in_scope) {
                             cached.push(found.map_err(|e| DockerfileError::at(line, e))?);
                         }
                         if let Some(from) = mount_from(&mount) {
@@ -692,7 +704,7 @@ COPY --from=compile-worker /worker /usr/local/bin/
     #[test]
     fn cache_mounts_are_read_with_their_run() {
         let g = graph(
-            "ARG REG=/usr/local/cargo/registry\nFROM rust AS build\nRUN --mount=type=cache,target=$REG \\\n    --mount=type=cache,id=target,target=/app/target,sharing=locked cargo build\nRUN --mount=type=secret,id=npm --mount=type=cache,target=/root/.npm npm ci\nRUN --mount=type=bind,from=alpine,target=/x true\n",
+            "ARG REG=/usr/local/cargo/registry\nFROM rust AS build\nARG REG\nRUN --mount=type=cache,target=$REG \\\n    --mount=type=cache,id=target,target=/app/target,sharing=locked cargo build\nRUN --mount=type=secret,id=npm --mount=type=cache,target=/root/.npm npm ci\nRUN --mount=type=bind,from=alpine,target=/x true\n",
         );
         let mounts = &g.stages[0].cache_mounts;
         let ids: Vec<(&str, &str, usize, bool)> = mounts
@@ -709,12 +721,33 @@ COPY --from=compile-worker /worker /usr/local/bin/
         assert_eq!(
             ids,
             [
-                ("/usr/local/cargo/registry", "cargo build", 3, false),
-                ("target", "cargo build", 3, false),
-                ("/root/.npm", "npm ci", 5, true),
+                ("/usr/local/cargo/registry", "cargo build", 4, false),
+                ("target", "cargo build", 4, false),
+                ("/root/.npm", "npm ci", 6, true),
             ]
         );
         assert_eq!(mounts[1].mount.sharing.as_deref(), Some("locked"));
+        // Inside a stage, a variable counts only once the stage declares it, as in BuildKit:
+        // a platform arg it declares is left for the builder, one it does not is empty.
+        let ids = |text: &str| -> Vec<String> {
+            graph(text).stages[0]
+                .cache_mounts
+                .iter()
+                .map(|u| u.mount.id.clone())
+                .collect()
+        };
+        assert_eq!(
+            ids("FROM rust\nRUN --mount=type=cache,id=c-$TARGETARCH,target=/c true\n"),
+            ["c-"]
+        );
+        assert_eq!(
+            ids("FROM rust\nARG TARGETARCH\nRUN --mount=type=cache,id=c-$TARGETARCH,target=/c true\n"),
+            ["c-$TARGETARCH"]
+        );
+        assert_eq!(
+            ids("ARG V=1\nFROM rust\nRUN --mount=type=cache,id=a$V,target=/c true\nARG V\nRUN --mount=type=cache,id=b$V,target=/c true\nARG W=2\nRUN --mount=type=cache,id=c$W,target=/c true\n"),
+            ["a", "b1", "c2"]
+        );
         assert_eq!(
             error("FROM rust\nRUN --mount=type=cache,id=x true\n"),
             "line 2: `--mount=type=cache,id=x`: a cache mount needs a `target`"

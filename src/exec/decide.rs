@@ -68,16 +68,29 @@ impl Knowledge {
         })
     }
 
-    /// Whether a step that uses `mount` ran in `package`: one of its `RUN`s, by stage and
-    /// command, among the steps the builds ran.
+    /// Whether a step that uses `mount` ran in `package`: among the steps the builds ran, a
+    /// `RUN` of a stage that uses it whose name (BuildKit's: the instruction as written) holds
+    /// one of its commands or names its target. Both are compared without whitespace and
+    /// backslashes, which BuildKit's name and the Dockerfile's text may place differently; a
+    /// doubt exports (seconds), a miss would leave the travelling copy stale.
     fn mount_step_ran(&self, package: &str, mount: &MountStep) -> bool {
         let Some(ran) = self.ran_steps.get(package) else {
             return false;
         };
+        let squeeze = |text: &str| -> String {
+            text.chars()
+                .filter(|c| !c.is_whitespace() && *c != '\\')
+                .collect()
+        };
+        let target = squeeze(&format!("target={}", mount.target));
         mount.uses.iter().any(|(stage, command)| {
+            let command = squeeze(command);
             ran.iter().any(|(ran_stage, name)| {
-                let name = crate::dockerfile::collapse_whitespace(name);
-                ran_stage == stage && name.contains(" RUN ") && name.contains(command.as_str())
+                let instruction = name.split_once("] ").map_or("", |(_, rest)| rest);
+                let name = squeeze(name);
+                ran_stage == stage
+                    && instruction.starts_with("RUN ")
+                    && (name.contains(&command) || name.contains(&target))
             })
         })
     }
@@ -455,6 +468,27 @@ mod tests {
             "[build 2/3] RUN --mount=type=cache,id=target,target=/app/target   cargo build --release",
         )]);
         assert_eq!(start(&export, &k), Start::Run);
+        // BuildKit's name and the Dockerfile's text may differ in escapes and spaces; a `RUN`
+        // that names the mount's target is one that uses it.
+        for name in [
+            "[build 2/3] RUN --mount=type=cache,id=target,target=/app/target cargo \\\n build   --release",
+            "[build 2/3] RUN --mount=type=cache,target=/app/target ./build.sh",
+        ] {
+            k.ran_steps = BTreeMap::from([ran("build", name)]);
+            assert_eq!(start(&export, &k), Start::Run, "{name}");
+        }
+        k.ran_steps = BTreeMap::from([ran(
+            "build",
+            "[build 1/3] COPY --from=x /app/target /app/target",
+        )]);
+        assert!(
+            skipped(start(&export, &k)).contains("no step that uses"),
+            "not a RUN"
+        );
+        k.ran_steps = BTreeMap::from([ran(
+            "build",
+            "[build 2/3] RUN --mount=type=cache,id=target,target=/app/target cargo build --release",
+        )]);
         let push = mount_step(MountKind::Push);
         assert!(skipped(start(&push, &k)).contains("was not exported"));
         k.exported.insert("r/x:mount-target-main".into());

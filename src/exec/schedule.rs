@@ -208,12 +208,15 @@ impl<'p> Scheduler<'p> {
     /// still being read).
     pub fn on_line(&mut self, id: usize, line: &str) -> Vec<String> {
         let step = &self.plan.steps[id];
-        let Action::Build(build) = &step.action else {
-            return vec![line.to_string()];
+        let build = match &step.action {
+            Action::Build(build) => Some(build),
+            // The builds that restore and export cache mounts print BuildKit's progress too.
+            Action::Mount(m) if m.kind != MountKind::Push => None,
+            _ => return vec![line.to_string()],
         };
         let progress = self.live.entry(id).or_default();
         let reading = progress.read(line);
-        if reading.ran {
+        if let (true, Some(build)) = (reading.ran, build) {
             let ran = progress.stages_that_ran_so_far(&build.stage);
             self.known
                 .ran

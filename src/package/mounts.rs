@@ -183,6 +183,9 @@ fn default_tag(id: &str) -> anyhow::Result<Template> {
         })
         .collect();
     let mut safe = safe.trim_matches(|c| c == '-' || c == '.').to_string();
+    while safe.contains("--") {
+        safe = safe.replace("--", "-");
+    }
     safe.truncate(48);
     if safe != id || safe.is_empty() {
         let hash = crate::fingerprint::hex(&Sha256::digest(id.as_bytes()));

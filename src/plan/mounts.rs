@@ -200,6 +200,10 @@ fn build_args(input: &Input, options: &Options, dockerfile: &str) -> (Vec<String
         None => vec!["build".into()],
     };
     args.push(options.cli.progress(options.builder.is_some()).into());
+    // buildx would add a provenance attestation to the mount's image: nobody reads it.
+    if options.builder.is_some() || options.cli.build_through_buildx {
+        args.push("--provenance=false".into());
+    }
     args.extend(["--network".into(), "none".into()]);
     if !config.platforms.is_empty() {
         args.extend(["--platform".into(), config.platforms.join(",")]);

@@ -544,7 +544,7 @@ COPY --from=build /app/bin /bin
     expect![[r##"
         # package `service`
         docker manifest inspect -v registry.example/acme/service:mount-target-feature-x  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
         FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS restore
         ARG BUILDPLATFORM
         ARG TARGETPLATFORM
@@ -556,7 +556,7 @@ COPY --from=build /app/bin /bin
             : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
         XTD
         docker manifest inspect -v registry.example/acme/service:mount-target-main  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
         FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS restore
         ARG BUILDPLATFORM
         ARG TARGETPLATFORM
@@ -571,7 +571,7 @@ COPY --from=build /app/bin /bin
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:latest
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --network none --build-arg XTD_RUN=run --tag registry.example/acme/service:mount-target-feature-x -f - /src/service <<'XTD'  # the cache mount `target`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run --tag registry.example/acme/service:mount-target-feature-x -f - /src/service <<'XTD'  # the cache mount `target`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`
         FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS export
         ARG BUILDPLATFORM
         ARG TARGETPLATFORM

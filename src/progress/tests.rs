@@ -413,6 +413,12 @@ fn tells_dockerfile_steps_from_internal_ones() {
     assert_eq!(stage("[auth] library/rust:pull token"), None);
     assert_eq!(stage("exporting to image"), None);
     assert_eq!(stage("[compile /] x"), None);
+    assert_eq!(
+        stage("[linux/arm64 compile 2/5] RUN x"),
+        Some(Some("compile".into())),
+        "the platform of a multi-platform build is not part of the stage"
+    );
+    assert_eq!(stage("[linux/arm64 2/3] RUN x"), Some(None));
 }
 
 #[test]

@@ -124,29 +124,8 @@ fn a_workspace_of_two_services_builds_with_one_command_and_labels_its_images() {
     let first = tools.engine().unwrap();
     let run = tool(&tools.cli28, &first, &args);
     run.assert_ok();
-    // Both packages' final builds ran at once.
-    let interval = |package: &str| {
-        events(&run)
-            .into_iter()
-            .find(|e| {
-                e["reason"] == "step-finished"
-                    && e["package"] == package
-                    && e["stage"] == "runtime"
-                    && e["kind"] == "build"
-            })
-            .map(|e| {
-                (
-                    e["start"].as_str().unwrap().to_string(),
-                    e["end"].as_str().unwrap().to_string(),
-                )
-            })
-            .unwrap()
-    };
-    let (api, worker) = (interval("api"), interval("worker"));
-    assert!(
-        api.0 < worker.1 && worker.0 < api.1,
-        "api {api:?} and worker {worker:?} overlap"
-    );
+    // That both packages' final builds run at once is proven, without an engine's timing, by
+    // `tests/scheduler.rs`; here both are built and published.
     for name in ["api", "worker"] {
         let tags = registry.tags(&format!("acme/{name}")).unwrap();
         assert!(

@@ -16,7 +16,8 @@ use std::process::{Command, Output, Stdio};
 ///   else says there is no such manifest;
 /// - `pull IMAGE`: succeeds when the registry file exists, else "manifest unknown";
 /// - `push IMAGE`: prints a digest;
-/// - `build ... --target T` (and `buildx build`): prints `builds/T.out`; if `builds/T.wait`
+/// - `build ... --target T` (and `buildx build`), `builds/T` standing for `builds/F-T` where
+///   such files exist for the Dockerfile's folder `F`: prints `builds/T.out`; if `builds/T.wait`
 ///   exists, reads it first (a FIFO: it blocks until the other side writes); if `builds/T.hang`
 ///   exists, writes its pid to `builds/T.pid` and to the FIFO `builds/T.ready` (blocking until
 ///   the test reads it), then sleeps until it is ended; else exits with `builds/T.exit` (0).
@@ -44,14 +45,24 @@ case "$1" in
   buildx) if [ "$2" = version ]; then echo "github.com/docker/buildx 0.13.1"; finish "$@"; exit 0; fi;;
 esac
 if [ "$1" = build ] || [ "$1" = buildx ]; then
-  target=""; prev=""
-  for a in "$@"; do if [ "$prev" = --target ]; then target="$a"; fi; prev="$a"; done
+  target=""; prev=""; file=""
+  for a in "$@"; do
+    if [ "$prev" = --target ]; then target="$a"; fi
+    if [ "$prev" = -f ]; then file="$a"; fi
+    prev="$a"
+  done
   b="$dir/builds/$target"
-  if [ -p "$b.wait" ]; then cat "$b.wait" > /dev/null; fi
+  # In a workspace, a build is told by its Dockerfile's folder too: `builds/FOLDER-TARGET`.
+  folder=$(basename "$(dirname "$file")")
+  if ls "$dir/builds/$folder-$target".* > /dev/null 2>&1; then b="$dir/builds/$folder-$target"; fi
+  # Bounded: a test whose other side never comes fails instead of hanging.
+  if [ -p "$b.wait" ]; then timeout 60 cat "$b.wait" > /dev/null || { echo "waited in vain" >&2; finish "$@"; exit 2; }; fi
   if [ -f "$b.out" ]; then cat "$b.out"; fi
   if [ -f "$b.hang" ]; then
     echo $$ > "$b.pid"
-    if [ -p "$b.ready" ]; then echo $$ > "$b.ready"; fi
+    if [ -p "$b.ready" ]; then
+      echo $$ | timeout 60 tee "$b.ready" > /dev/null || { echo "nobody asked whether I run" >&2; finish "$@"; exit 2; }
+    fi
     exec sleep 600
   fi
   code=0; if [ -f "$b.exit" ]; then code=$(cat "$b.exit"); fi
@@ -446,4 +457,51 @@ fn a_signal_ends_every_command_and_the_run_exits_with_128_plus_it() {
 fn process_exists(pid: u32) -> bool {
     let status = Path::new("/proc").join(pid.to_string()).join("status");
     std::fs::read_to_string(status).is_ok_and(|s| !s.contains("State:\tZ"))
+}
+
+#[test]
+fn the_final_builds_of_two_packages_run_at_once() {
+    let fake = Fake::new();
+    // A second package beside the first, in one workspace.
+    let project = fake.dir.join("project");
+    std::fs::create_dir_all(project.join("worker")).unwrap();
+    std::fs::write(
+        project.join("worker/Cargo.toml"),
+        "[package]\nname = \"worker\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[package.metadata.docker]\nimage = \"127.0.0.1:5999/acme/worker\"\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("worker/Dockerfile"), DOCKERFILE).unwrap();
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!("[workspace]\nmembers = [\".\", \"worker\"]\n\n{manifest}"),
+    )
+    .unwrap();
+    // `worker`'s final build hangs, and says so; `project`'s final build prints its output
+    // only once `worker`'s runs. Were they run one after the other, the run could not end.
+    let ready = fake.hang("worker-runtime");
+    std::os::unix::fs::symlink(&ready, fake.dir.join("builds/project-runtime.wait")).unwrap();
+    std::fs::write(fake.dir.join("builds/project-runtime.out"), "").unwrap();
+    // The first package's build then fails, which ends the hanging one.
+    std::fs::write(fake.dir.join("builds/project-runtime.exit"), "1").unwrap();
+    let run = fake.run(&["--jobs", "2"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the build of stage `runtime` of package `svc` failed"),
+        "{}",
+        run.stderr
+    );
+    let worker = run
+        .events
+        .iter()
+        .find(|e| {
+            e["reason"] == "step-finished" && e["package"] == "worker" && e["kind"] == "build"
+        })
+        .expect("worker's build ended");
+    assert!(
+        worker["message"].as_str().unwrap().ends_with("was stopped"),
+        "{worker}"
+    );
+    assert!(!process_exists(fake.pid_of("worker-runtime")));
 }

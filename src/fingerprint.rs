@@ -32,6 +32,17 @@ pub struct Contexts(BTreeMap<(PathBuf, Vec<u8>), Result<[u8; 32], Unknowable>>);
 /// The digest, in hex, of what `package`'s build reads from this checkout, or why there is none.
 pub fn sources(package: &Package, contexts: &mut Contexts) -> Result<String, Unknowable> {
     let config = &package.config;
+    // The frontend reads the Dockerfile before any stage: an image from outside like a base.
+    if let Some(image) = package
+        .graph
+        .frontend
+        .as_ref()
+        .filter(|i| !i.contains("@sha256:"))
+    {
+        return Err(Unknowable(format!(
+            "the Dockerfile frontend `{image}` is not pinned by digest (`@sha256:...`)"
+        )));
+    }
     for stage in &package.graph.stages {
         let label = package.graph.name(stage.index);
         if let Some(image) = stage.images.iter().find(|i| !pinned(i)) {

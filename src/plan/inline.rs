@@ -119,7 +119,9 @@ pub(super) fn plan(
         args.push(options.cli.progress(options.builder.is_some()).into());
         args.extend(["--build-arg".into(), "BUILDKIT_INLINE_CACHE=1".into()]);
         args.extend(common.head.iter().cloned());
-        args.extend(["--target".into(), package.graph.name(stage)]);
+        if let Some(target) = package.target_arg(stage) {
+            args.extend(["--target".into(), target]);
+        }
         for r in &reads {
             args.extend(["--cache-from".into(), r.clone()]);
         }

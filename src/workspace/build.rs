@@ -37,12 +37,36 @@ fn vars(package: &Package, branch: &Option<String>, head: Option<&git::Head>) ->
 fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     args.iter()
         .map(|a| match a.split_once('=') {
+            Some(_) if a.contains('\0') => {
+                bail!(
+                    "option `--build-arg`: `{}` holds a NUL byte",
+                    a.escape_debug()
+                )
+            }
             Some((k, v)) if !k.is_empty() && !k.starts_with('-') => {
                 Ok((k.to_string(), v.to_string()))
             }
             _ => bail!("option `--build-arg`: `{a}` is not `KEY=VALUE`"),
         })
         .collect()
+}
+
+/// Gives every package the command line's build arguments as the config's own (they win): the
+/// stage graph, and so the pin check of the images it names, then see the values the builds
+/// get. `FROM ${BASE}` with `--build-arg BASE=rust:latest` must be read as `rust:latest`.
+fn with_build_args(loaded: &mut [Loaded], cli: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    if cli.is_empty() {
+        return Ok(());
+    }
+    for l in loaded.iter_mut() {
+        let mut config = l.package.config.clone();
+        config.build_args.extend(cli.clone());
+        let name = config.package.clone();
+        let text = std::mem::take(&mut l.package.dockerfile_text);
+        l.package = Package::resolve(config, &text)
+            .map_err(|e| e.context(format!("package `{name}`, with the `--build-arg` values")))?;
+    }
+    Ok(())
 }
 
 /// Warnings about the configuration that are not errors.
@@ -81,7 +105,9 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         _ => PathBuf::from("."),
     };
     let head = git::spawn_head(&git_dir);
-    let loaded = load_from(&args.select, members).map_err(Failure::config)?;
+    let mut loaded = load_from(&args.select, members).map_err(Failure::config)?;
+    let cli_build_args = parse_build_args(&args.build_args).map_err(Failure::config)?;
+    with_build_args(&mut loaded, &cli_build_args).map_err(Failure::config)?;
     let head = head.wait();
     let push = if args.push {
         Push::All
@@ -101,7 +127,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         load: args.load,
         no_cache: args.no_cache,
         rebuild: args.rebuild,
-        build_args: parse_build_args(&args.build_args).map_err(Failure::config)?,
+        build_args: cli_build_args,
         tags: args.tags.clone(),
     };
     if let Some(branch) = &args.branch {

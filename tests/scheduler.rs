@@ -30,7 +30,7 @@ finish() { echo "end $*" >> "$dir/calls"; }
 file_of() { echo "$dir/registry/$(echo "$1" | tr '/:' '__')"; }
 case "$1" in
   --version) echo "Docker version 28.2.2, build e6534b4"; finish "$@"; exit 0;;
-  version) echo "26.1.5"; finish "$@"; exit 0;;
+  version) echo "26.1.5|linux|amd64"; finish "$@"; exit 0;;
   image) finish "$@"; exit 0;;
   manifest)
     image="${@: -1}"
@@ -186,10 +186,18 @@ impl Fake {
         Run::from(self.command(extra).output().unwrap())
     }
 
-    /// The marker tag the plan names (from a dry run).
+    /// The marker tag a run asks for: it hashes what the preflight told of the engine, which a
+    /// dry run does not ask, so it comes from the plan a run made after its preflight (on an
+    /// empty registry; the calls it made are forgotten).
     fn marker(&self) -> String {
-        let run = self.run(&["--push", "--dry-run"]);
-        let plan = &run.events[0];
+        let run = self.run(&["--push"]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let plan = run
+            .events
+            .iter()
+            .rfind(|e| e["reason"] == "plan")
+            .expect("a plan");
+        std::fs::remove_file(self.dir.join("calls")).unwrap();
         plan["steps"]
             .as_array()
             .unwrap()

@@ -16,12 +16,17 @@ const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef012
 /// A package `svc` in a new temp folder: `table` under `[package.metadata.docker]` (the image
 /// goes to `127.0.0.1:5000/acme/svc`), `dockerfile` as its Dockerfile, and a small context.
 pub fn fixture(table: &str, dockerfile: &str) -> PathBuf {
+    fixture_at("127.0.0.1:5000", table, dockerfile)
+}
+
+/// [`fixture`], its image `REGISTRY/acme/svc`.
+pub fn fixture_at(registry: &str, table: &str, dockerfile: &str) -> PathBuf {
     let dir = testbed::temp_dir("soundness").unwrap();
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
             "[package]\nname = \"svc\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[lib]\npath = \"lib.rs\"\n\n\
-             [package.metadata.docker]\nimage = \"127.0.0.1:5000/acme/svc\"\nnetwork = \"none\"\n{table}\n"
+             [package.metadata.docker]\nimage = \"{registry}/acme/svc\"\nnetwork = \"none\"\n{table}\n"
         ),
     )
     .unwrap();
@@ -351,4 +356,298 @@ fn with_a_builder_the_marker_goes_with_the_last_build() {
             .contains(&stage_build["id"]),
         "the final build waits for the stage build: {final_build}"
     );
+}
+
+// End to end: what the skip would have kept is not the image the build makes.
+
+/// A tiny HTTP server on 127.0.0.1 that answers every request with the body it holds now,
+/// without `ETag` or `Last-Modified`: BuildKit fetches an `ADD <url>` from the engine's own
+/// network (not the build's, which is `none`), so it reaches loopback.
+struct Served {
+    port: u16,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    fn start(body: &str) -> Served {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body.to_string()));
+        let shared = body.clone();
+        // Ends with the test process.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut line = String::new();
+                // The request line and headers, up to the blank line.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let text = shared.lock().unwrap().clone();
+                let _ = (&stream).write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                        text.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        Served { port, body }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/data.txt", self.port)
+    }
+
+    fn set(&self, body: &str) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+}
+
+/// `build --push` of the package in `dir` through `cli` on `engine` (a fresh agent, stopped
+/// after), with `args`: whether the registry check found the build (so nothing ran), and the
+/// `latest` tag's digest after.
+fn push_on(
+    engine: testbed::Engine,
+    registry: &testbed::Registry,
+    cli: &Path,
+    dir: &Path,
+    args: &[&str],
+) -> (bool, String) {
+    let manifest = dir.join("Cargo.toml");
+    let mut all = vec![
+        "build",
+        "--push",
+        "--message-format",
+        "json",
+        "--manifest-path",
+        manifest.to_str().unwrap(),
+    ];
+    all.extend(args);
+    let run = support::tool(cli, &engine, &all);
+    run.assert_ok();
+    engine.stop();
+    let fresh = support::events(&run)
+        .iter()
+        .any(|e| e["reason"] == "registry-check" && e["fresh"] == true);
+    let digest = registry
+        .manifest_digest("acme/svc", "latest")
+        .unwrap()
+        .expect("the final tag is pushed");
+    (fresh, digest)
+}
+
+/// Builds `dockerfile` with `args` on a fresh agent, then, after `change`, on another: the
+/// second run must not find the first build in the registry, and must push another image.
+fn rebuilt_after(
+    tools: &testbed::Tools,
+    registry: &testbed::Registry,
+    dockerfile: &str,
+    args: &[&str],
+    change: impl Fn(),
+) {
+    let dir = fixture_at(&registry.addr(), "", dockerfile);
+    let cli = &tools.cli28;
+    let (_, first) = push_on(tools.engine().unwrap(), registry, cli, &dir, args);
+    change();
+    let (fresh, second) = push_on(tools.engine().unwrap(), registry, cli, &dir, args);
+    assert!(
+        !fresh,
+        "the registry check skipped a build whose input changed"
+    );
+    assert_ne!(second, first, "the image did not change");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_onbuild_add_from_the_network_is_fetched_again() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let served = Served::start("one\n");
+    let dockerfile = format!(
+        "FROM scratch AS base\nONBUILD ADD {} /data.txt\nFROM base\nCOPY data.txt /local.txt\n",
+        served.url()
+    );
+    rebuilt_after(&tools, &registry, &dockerfile, &[], || served.set("two\n"));
+}
+
+#[test]
+fn an_add_from_a_variable_is_fetched_again() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let served = Served::start("one\n");
+    let dockerfile = "FROM scratch\nARG URL\nADD ${URL} /data.txt\n";
+    let arg = format!("URL={}", served.url());
+    rebuilt_after(
+        &tools,
+        &registry,
+        dockerfile,
+        &["--build-arg", &arg],
+        || served.set("two\n"),
+    );
+}
+
+/// Builds and pushes `REGISTRY/library/base:latest`, a scratch image holding `text` in
+/// `/base.txt`, through `engine`; returns its digest.
+fn push_base(tools: &testbed::Tools, registry: &testbed::Registry, text: &str) -> String {
+    let engine = tools.engine().unwrap();
+    let dir = testbed::temp_dir("base").unwrap();
+    std::fs::write(dir.join("base.txt"), text).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY base.txt /\n").unwrap();
+    let image = format!("{}/library/base:latest", registry.addr());
+    let docker = |args: &[&str]| {
+        let out = support::docker(&tools.cli20, &engine, args)
+            .env("DOCKER_BUILDKIT", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    docker(&["build", "--tag", &image, dir.to_str().unwrap()]);
+    docker(&["push", &image]);
+    engine.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    registry
+        .manifest_digest("library/base", "latest")
+        .unwrap()
+        .expect("the base is pushed")
+}
+
+#[test]
+fn a_base_image_named_by_a_command_line_build_arg_is_read_again() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let pinned = push_base(&tools, &registry, "one\n");
+    let dockerfile = format!(
+        "ARG BASE={}/library/base@{pinned}\nFROM ${{BASE}}\nCOPY data.txt /\n",
+        registry.addr()
+    );
+    let arg = format!("BASE={}/library/base:latest", registry.addr());
+    rebuilt_after(
+        &tools,
+        &registry,
+        &dockerfile,
+        &["--build-arg", &arg],
+        || {
+            assert_ne!(push_base(&tools, &registry, "two\n"), pinned);
+        },
+    );
+}
+
+#[test]
+fn another_engine_is_another_build() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let dir = fixture_at(&registry.addr(), "", "FROM scratch\nCOPY data.txt /\n");
+    let cli = &tools.cli28;
+    let (_, classic) = push_on(tools.engine().unwrap(), &registry, cli, &dir, &[]);
+    // The same engine again: the registry holds this very build.
+    let (fresh, again) = push_on(tools.engine().unwrap(), &registry, cli, &dir, &[]);
+    assert!(
+        fresh,
+        "the same build on the same kind of engine is skipped"
+    );
+    assert_eq!(again, classic);
+    // dockerd 26 builds it anew (the tool's own architecture is the same, so the marker used
+    // to be too).
+    let (fresh, modern) = push_on(tools.modern_engine().unwrap(), &registry, cli, &dir, &[]);
+    assert!(!fresh, "another engine's build was taken for this one's");
+    assert_ne!(modern, classic, "the image did not change");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unnamed_stage_builds_and_pushes_through_both_clis() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let engine = tools.engine().unwrap();
+    let fixtures = [
+        // The most common Dockerfile: one stage, no `AS`.
+        ("", "FROM scratch\nCOPY data.txt /\n"),
+        // An unnamed last stage as the target, by index, after a cached named stage.
+        (
+            "target = \"1\"\nstages = { files = \"files\" }",
+            "FROM scratch AS files\nCOPY data.txt /\nFROM scratch\nCOPY --from=files /data.txt /copied.txt\n",
+        ),
+    ];
+    for (i, (table, dockerfile)) in fixtures.iter().enumerate() {
+        for (name, cli) in [("cli20", &tools.cli20), ("cli28", &tools.cli28)] {
+            let dir = fixture_at(&registry.addr(), table, dockerfile);
+            support::edit(
+                &dir.join("Cargo.toml"),
+                "/acme/svc\"",
+                &format!("/acme/{name}-{i}\""),
+            );
+            let manifest = dir.join("Cargo.toml");
+            let run = support::tool(
+                cli,
+                &engine,
+                &[
+                    "build",
+                    "--push",
+                    "--manifest-path",
+                    manifest.to_str().unwrap(),
+                ],
+            );
+            run.assert_ok();
+            let repo = format!("acme/{name}-{i}");
+            let tags = registry.tags(&repo).unwrap();
+            assert!(tags.contains(&"latest".to_string()), "{repo}: {tags:?}");
+            assert!(
+                tags.iter().any(|t| t.starts_with("inputs-")),
+                "{repo}: a marker: {tags:?}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
+
+#[test]
+fn with_a_builder_a_failed_stage_build_leaves_no_marker() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let engine = tools.engine().unwrap();
+    // `broken` is cached but not needed by the final target: its build runs on its own.
+    let dir = fixture_at(
+        &registry.addr(),
+        "target = \"app\"\nstages = { broken = \"broken\" }",
+        "FROM scratch AS broken\nCOPY missing.txt /\nFROM scratch AS app\nCOPY data.txt /\n",
+    );
+    let manifest = dir.join("Cargo.toml");
+    // The engine's own builder named as one of its own: the plan of a remote builder (each
+    // build pushes its tags itself), run here on the docker driver.
+    let run = support::tool(
+        &tools.cli28,
+        &engine,
+        &[
+            "build",
+            "--push",
+            "--builder",
+            "default",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(!run.output.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains("broken"), "{}", run.stderr);
+    let (_, markers) = support::tags_and_markers(&registry, "acme/svc");
+    assert_eq!(markers, 0, "a marker for a run that failed");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

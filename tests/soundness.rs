@@ -441,6 +441,7 @@ fn push_on(
 
 /// Builds `dockerfile` with `args` on a fresh agent, then, after `change`, on another: the
 /// second run must not find the first build in the registry, and must push another image.
+/// (The fixtures name their stages, so that they show only the hole they are about.)
 fn rebuilt_after(
     tools: &testbed::Tools,
     registry: &testbed::Registry,
@@ -469,7 +470,7 @@ fn an_onbuild_add_from_the_network_is_fetched_again() {
     let registry = tools.registry().unwrap();
     let served = Served::start("one\n");
     let dockerfile = format!(
-        "FROM scratch AS base\nONBUILD ADD {} /data.txt\nFROM base\nCOPY data.txt /local.txt\n",
+        "FROM scratch AS base\nONBUILD ADD {} /data.txt\nFROM base AS app\nCOPY data.txt /local.txt\n",
         served.url()
     );
     rebuilt_after(&tools, &registry, &dockerfile, &[], || served.set("two\n"));
@@ -482,7 +483,7 @@ fn an_add_from_a_variable_is_fetched_again() {
     };
     let registry = tools.registry().unwrap();
     let served = Served::start("one\n");
-    let dockerfile = "FROM scratch\nARG URL\nADD ${URL} /data.txt\n";
+    let dockerfile = "FROM scratch AS app\nARG URL\nADD ${URL} /data.txt\n";
     let arg = format!("URL={}", served.url());
     rebuilt_after(
         &tools,
@@ -530,7 +531,7 @@ fn a_base_image_named_by_a_command_line_build_arg_is_read_again() {
     let registry = tools.registry().unwrap();
     let pinned = push_base(&tools, &registry, "one\n");
     let dockerfile = format!(
-        "ARG BASE={}/library/base@{pinned}\nFROM ${{BASE}}\nCOPY data.txt /\n",
+        "ARG BASE={}/library/base@{pinned}\nFROM ${{BASE}} AS app\nCOPY data.txt /\n",
         registry.addr()
     );
     let arg = format!("BASE={}/library/base:latest", registry.addr());
@@ -551,7 +552,11 @@ fn another_engine_is_another_build() {
         return;
     };
     let registry = tools.registry().unwrap();
-    let dir = fixture_at(&registry.addr(), "", "FROM scratch\nCOPY data.txt /\n");
+    let dir = fixture_at(
+        &registry.addr(),
+        "",
+        "FROM scratch AS app\nCOPY data.txt /\n",
+    );
     let cli = &tools.cli28;
     let (_, classic) = push_on(tools.engine().unwrap(), &registry, cli, &dir, &[]);
     // The same engine again: the registry holds this very build.

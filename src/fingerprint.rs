@@ -33,14 +33,9 @@ pub struct Contexts(BTreeMap<(PathBuf, Vec<u8>), Result<[u8; 32], Unknowable>>);
 pub fn sources(package: &Package, contexts: &mut Contexts) -> Result<String, Unknowable> {
     let config = &package.config;
     // The frontend reads the Dockerfile before any stage: an image from outside like a base.
-    if let Some(image) = package
-        .graph
-        .frontend
-        .as_ref()
-        .filter(|i| !i.contains("@sha256:"))
-    {
+    if let Some(image) = package.graph.frontend.as_ref().filter(|i| !pinned(i)) {
         return Err(Unknowable(format!(
-            "the Dockerfile frontend `{image}` is not pinned by digest (`@sha256:...`)"
+            "the Dockerfile frontend `{image}` is not pinned by digest (`@sha256:` and 64 hex digits)"
         )));
     }
     for stage in &package.graph.stages {

@@ -464,7 +464,7 @@ fn a_signal_during_the_preflight_ends_the_registry_questions_too() {
         format!("{IMAGE}:latest").replace(['/', ':'], "_")
     ));
     let probe = fake.fifo("version.ready");
-    let mut child = fake
+    let child = fake
         .command(&["--push"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -502,17 +502,7 @@ fn push_base(tools: &testbed::Tools, registry: &testbed::Registry, text: &str) -
     std::fs::write(dir.join("base.txt"), text).unwrap();
     std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY base.txt /\n").unwrap();
     let image = format!("{}/library/base:latest", registry.addr());
-    let docker = |args: &[&str]| {
-        let out = support::docker(&tools.cli20, &engine, args)
-            .env("DOCKER_BUILDKIT", "1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let docker = |args: &[&str]| support::docker_ok(&tools.cli20, &engine, args);
     docker(&["build", "--tag", &image, dir.to_str().unwrap()]);
     docker(&["push", &image]);
     engine.stop();

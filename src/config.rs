@@ -85,7 +85,7 @@ pub enum RawSize {
 
 /// A string or a list of strings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum OneOrMany {
     /// One value.
     One(String),
@@ -95,7 +95,7 @@ pub enum OneOrMany {
 
 /// A boolean or a string.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a boolean or a string")]
 pub enum BoolOrString {
     /// `true` or `false`.
     Bool(bool),
@@ -245,13 +245,22 @@ pub struct Origin {
 
 impl RawConfig {
     /// Reads a table given as JSON (as `cargo metadata` gives it, and `manifest` converts it).
+    ///
+    /// Every error names its key (`key `tags`: invalid type: ...`), and a string with a NUL
+    /// byte is refused here: no program's argv can carry one, so it would fail later with an
+    /// error that names nothing.
     pub fn from_json(value: &serde_json::Value) -> Result<RawConfig, String> {
+        let mut path = Vec::new();
+        nul_bytes(value, &mut path)?;
         RawConfig::deserialize(value).map_err(|e| {
             let text = e.to_string();
-            if text.starts_with("unknown field") {
+            let path = culprit(Vec::new(), value);
+            if text.starts_with("unknown field") && path.len() <= 1 {
                 format!("{text}\nnote: the keys are {}", KEYS.join(", "))
-            } else {
+            } else if path.is_empty() {
                 text
+            } else {
+                format!("key `{}`: {text}", path.join("."))
             }
         })
     }
@@ -524,6 +533,57 @@ impl RawConfig {
             cache_mount_limit,
         })
     }
+}
+
+/// Refuses a string or a table key with a NUL byte anywhere in `value`, naming its key.
+fn nul_bytes(value: &serde_json::Value, path: &mut Vec<String>) -> Result<(), String> {
+    use serde_json::Value;
+    let key = |path: &[String]| path.join(".");
+    match value {
+        Value::String(text) if text.contains('\0') => Err(format!(
+            "key `{}`: the value holds a NUL byte, which no command line can carry",
+            key(path)
+        )),
+        Value::Array(items) => items.iter().try_for_each(|item| nul_bytes(item, path)),
+        Value::Object(map) => {
+            for (name, item) in map {
+                if name.contains('\0') {
+                    return Err(format!(
+                        "key `{}`: a key holds a NUL byte, which no command line can carry",
+                        key(path)
+                    ));
+                }
+                path.push(name.clone());
+                let result = nul_bytes(item, path);
+                path.pop();
+                result?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The key (as a path of table keys) whose value the table cannot be read with: each key is
+/// tried alone, then, inside the first that fails, each of its own keys, down to the deepest
+/// that still fails. Only run on an error, so its cost does not matter.
+fn culprit(path: Vec<String>, value: &serde_json::Value) -> Vec<String> {
+    let fails = |path: &[String], leaf: &serde_json::Value| {
+        let table = path.iter().rev().fold(leaf.clone(), |inner, key| {
+            serde_json::Value::Object([(key.clone(), inner)].into_iter().collect())
+        });
+        RawConfig::deserialize(&table).is_err()
+    };
+    if let serde_json::Value::Object(map) = value {
+        for (key, child) in map {
+            let mut deeper = path.clone();
+            deeper.push(key.clone());
+            if fails(&deeper, child) {
+                return culprit(deeper, child);
+            }
+        }
+    }
+    path
 }
 
 fn home_dir() -> PathBuf {

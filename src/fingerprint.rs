@@ -32,6 +32,12 @@ pub struct Contexts(BTreeMap<(PathBuf, Vec<u8>), Result<[u8; 32], Unknowable>>);
 /// The digest, in hex, of what `package`'s build reads from this checkout, or why there is none.
 pub fn sources(package: &Package, contexts: &mut Contexts) -> Result<String, Unknowable> {
     let config = &package.config;
+    // The frontend reads the Dockerfile before any stage: an image from outside like a base.
+    if let Some(image) = package.graph.frontend.as_ref().filter(|i| !pinned(i)) {
+        return Err(Unknowable(format!(
+            "the Dockerfile frontend `{image}` is not pinned by digest (`@sha256:` and 64 hex digits)"
+        )));
+    }
     for stage in &package.graph.stages {
         let label = package.graph.name(stage.index);
         if let Some(image) = stage.images.iter().find(|i| !pinned(i)) {

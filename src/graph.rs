@@ -478,13 +478,17 @@ COPY --from=compile-b /b /b
         // A cycle, a dependency past the end, a target past the end, no stages at all.
         package.graph = StageGraph {
             stages: vec![stage(0, vec![1, 9]), stage(1, vec![0])],
+            frontend: None,
         };
         package.target = 7;
         for format in [GraphFormat::Mermaid, GraphFormat::Dot] {
             let text = render(&package, format);
             assert!(text.contains("s0") && text.contains("s1") && !text.contains("s9"));
         }
-        package.graph = StageGraph { stages: vec![] };
+        package.graph = StageGraph {
+            stages: vec![],
+            frontend: None,
+        };
         assert!(render(&package, GraphFormat::Dot).ends_with("}\n"));
         assert!(render(&package, GraphFormat::Mermaid).starts_with("flowchart LR\n"));
     }

@@ -56,6 +56,7 @@ impl Package {
             })?,
             None => graph.last(),
         };
+        unnamed_buildable(&graph, target, "target")?;
         let mut cached = BTreeMap::new();
         for (name, tag) in &config.stages {
             let stage = graph.find(name).with_context(|| {
@@ -65,6 +66,7 @@ impl Package {
                     stage_names()
                 )
             })?;
+            unnamed_buildable(&graph, stage, &format!("stages.{name}"))?;
             if cached.insert(stage, tag.clone()).is_some() {
                 bail!("key `stages`: stage `{}` is named twice", graph.name(stage));
             }
@@ -89,6 +91,16 @@ impl Package {
             dockerfile_text: dockerfile.to_string(),
             mounts,
         })
+    }
+
+    /// The `--target` that builds `stage`: its name, or none for an unnamed stage (which
+    /// [`Package::resolve`] allows only as the last one, what a build without `--target` builds).
+    pub fn target_arg(&self, stage: usize) -> Option<String> {
+        self.graph
+            .stages
+            .get(stage)
+            .and_then(|s| s.name.clone())
+            .or_else(|| (stage != self.graph.last()).then(|| self.graph.name(stage)))
     }
 
     /// The cached stages in build order: dependencies first (ties in Dockerfile order), the
@@ -135,4 +147,21 @@ impl Package {
         }
         sources
     }
+}
+
+/// Refuses a stage the tool would have to build by `--target` when it has no `AS` name:
+/// BuildKit resolves `--target` by name only (`target stage stage-0 could not be found`), and
+/// builds an unnamed stage only as the last one, without `--target`.
+fn unnamed_buildable(graph: &StageGraph, stage: usize, key: &str) -> anyhow::Result<()> {
+    let Some(found) = graph.stages.get(stage) else {
+        return Ok(());
+    };
+    if found.name.is_none() && stage != graph.last() {
+        bail!(
+            "key `{key}`: stage `{}` (line {}) has no name, and BuildKit builds an unnamed stage only as the last one, without `--target`\nnote: name it (`FROM ... AS name`) and use the name",
+            graph.name(stage),
+            found.line
+        );
+    }
+    Ok(())
 }

@@ -13,7 +13,9 @@ use std::process::{Command, Output, Stdio};
 /// The stand-in CLI. It answers the preflight as a Docker 28 CLI with buildx talking to an
 /// engine 26 would, and:
 /// - `manifest inspect ... IMAGE`: prints `registry/<IMAGE with / and : as _>` if it exists,
-///   else says there is no such manifest;
+///   else says there is no such manifest; if the FIFO `builds/question-<that name>.ready`
+///   exists, writes its pid to it (blocking until the test reads it) and sleeps until ended;
+/// - `version`: likewise hangs, through the FIFO `builds/version.ready`, when it exists;
 /// - `pull IMAGE`: succeeds when the registry file exists, else "manifest unknown";
 /// - `push IMAGE`: prints a digest;
 /// - `build ... --target T` (and `buildx build`), `builds/T` standing for `builds/F-T` where
@@ -31,10 +33,14 @@ finish() { echo "end $*" >> "$dir/calls"; }
 file_of() { echo "$dir/registry/$(echo "$1" | tr '/:' '__')"; }
 case "$1" in
   --version) echo "Docker version 28.2.2, build e6534b4"; finish "$@"; exit 0;;
-  version) echo "26.1.5"; finish "$@"; exit 0;;
+  version)
+    if [ -p "$dir/builds/version.ready" ]; then echo $$ > "$dir/builds/version.ready"; exec sleep 600; fi
+    echo "26.1.5|linux|amd64"; finish "$@"; exit 0;;
   image) finish "$@"; exit 0;;
   manifest)
     image="${@: -1}"
+    q="$dir/builds/question-$(basename "$(file_of "$image")").ready"
+    if [ -p "$q" ]; then echo $$ > "$q"; exec sleep 600; fi
     if [ -f "$(file_of "$image")" ]; then cat "$(file_of "$image")"; finish "$@"; exit 0; fi
     echo "no such manifest: $image" >&2; finish "$@"; exit 1;;
   pull)
@@ -197,10 +203,18 @@ impl Fake {
         Run::from(self.command(extra).output().unwrap())
     }
 
-    /// The marker tag the plan names (from a dry run).
+    /// The marker tag a run asks for: it hashes what the preflight told of the engine, which a
+    /// dry run does not ask, so it comes from the plan a run made after its preflight (on an
+    /// empty registry; the calls it made are forgotten).
     fn marker(&self) -> String {
-        let run = self.run(&["--push", "--dry-run"]);
-        let plan = &run.events[0];
+        let run = self.run(&["--push"]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let plan = run
+            .events
+            .iter()
+            .rfind(|e| e["reason"] == "plan")
+            .expect("a plan");
+        std::fs::remove_file(self.dir.join("calls")).unwrap();
         plan["steps"]
             .as_array()
             .unwrap()
@@ -451,6 +465,68 @@ fn a_signal_ends_every_command_and_the_run_exits_with_128_plus_it() {
     let finished = events.last().unwrap();
     assert_eq!(finished["reason"], "build-finished");
     assert_eq!(finished["success"], false);
+}
+
+#[test]
+fn a_signal_during_the_preflight_ends_the_registry_questions_too() {
+    let fake = Fake::new();
+    let question = fake.fifo(&format!(
+        "question-{}.ready",
+        format!("{IMAGE}:latest").replace(['/', ':'], "_")
+    ));
+    let probe = fake.fifo("version.ready");
+    let child = fake
+        .command(&["--push"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Each read blocks until the stand-in runs: the question asked early, and the preflight's
+    // probe, which hangs, so that the run is still in its preflight.
+    let pid_of = |fifo: &Path| -> u32 {
+        std::fs::read_to_string(fifo)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (question, probe) = (pid_of(&question), pid_of(&probe));
+    assert!(process_exists(question) && process_exists(probe));
+    // SAFETY: kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(128 + 15), "{stderr}");
+    // The run may exit before a question's thread has seen its command end: wait for the
+    // process itself (it would sleep 600 s if nothing had signalled its group).
+    assert!(
+        ends_within(probe, 20),
+        "the probe's process group was ended"
+    );
+    assert!(
+        ends_within(question, 20),
+        "the registry question asked during the preflight was ended"
+    );
+}
+
+/// Whether process `pid` ends (or has ended) within `seconds`: waits on a pidfd, which becomes
+/// readable when the process exits.
+fn ends_within(pid: u32, seconds: i32) -> bool {
+    // SAFETY: pidfd_open(2) with a pid and no flags; the fd is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return !process_exists(pid);
+    }
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) of one valid pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, seconds * 1000) };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    ready == 1
 }
 
 /// Whether process `pid` is alive (not gone, and not a zombie waiting to be reaped).

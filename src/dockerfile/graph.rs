@@ -224,12 +224,16 @@ mod tests {
         };
         let g = StageGraph {
             stages: vec![stage(0, vec![1, 7]), stage(1, vec![0]), stage(2, vec![])],
+            frontend: None,
         };
         assert_eq!(g.topo_order(), [2, 0, 1]);
         assert_eq!(g.ancestors(0), [1]);
         assert_eq!(g.levels().concat().len(), 3);
         assert_eq!(find_cycle(&g), Some(vec![0, 1, 0]));
-        let empty = StageGraph { stages: vec![] };
+        let empty = StageGraph {
+            stages: vec![],
+            frontend: None,
+        };
         assert_eq!(empty.last(), 0);
         assert_eq!(empty.topo_order(), Vec::<usize>::new());
         assert_eq!(empty.levels(), Vec::<Vec<usize>>::new());

@@ -70,6 +70,10 @@ pub fn collapse_whitespace(text: &str) -> String {
 pub struct StageGraph {
     /// The stages in Dockerfile order; `stages[i].index == i`.
     pub stages: Vec<Stage>,
+    /// The frontend image that reads the Dockerfile instead of BuildKit's built-in one, if one
+    /// is named: the `BUILDKIT_SYNTAX` build argument's, else the `# syntax=` directive's. An
+    /// image from outside like any base.
+    pub frontend: Option<String>,
 }
 
 /// Why a Dockerfile could not be turned into a stage graph.
@@ -118,7 +122,7 @@ impl StageGraph {
         // parse-dockerfile strips a BOM itself; doing it here keeps its spans and ours aligned.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let err = match parse_dockerfile::parse(text) {
-            Ok(dockerfile) => return build(&dockerfile, &LineIndex::new(text), build_args),
+            Ok(dockerfile) => return build(&dockerfile, text, &LineIndex::new(text), build_args),
             Err(err) => err,
         };
         // parse-dockerfile reads a heredoc only right after `RUN`'s flags or as a `COPY`/`ADD`
@@ -128,7 +132,7 @@ impl StageGraph {
         let text = masked.as_deref().unwrap_or(text);
         if masked.is_some() {
             if let Ok(dockerfile) = parse_dockerfile::parse(text) {
-                return build(&dockerfile, &LineIndex::new(text), build_args);
+                return build(&dockerfile, text, &LineIndex::new(text), build_args);
             }
         }
         // `parse` also rejects exactly repeated stage names, naming only the second line.

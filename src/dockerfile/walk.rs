@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use parse_dockerfile::{Dockerfile, Instruction};
 
-use super::args::{declare_stage_args, expand, global_args};
+use super::args::{declare_stage_args, expand, global_args, Var};
 use super::graph::find_cycle;
 use super::{collapse_whitespace, DockerfileError, LineIndex, MountUse, Stage, StageGraph};
 
@@ -54,16 +54,6 @@ fn is_stage_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
-/// What a stage's instructions read besides other stages, and its `RUN` commands and cache
-/// mounts (see [`Stage`]).
-#[derive(Default)]
-struct Reads {
-    images: Vec<String>,
-    remote: Vec<String>,
-    runs: Vec<String>,
-    mounts: Vec<MountUse>,
-}
-
 /// A stage before its `COPY --from` and mount references are resolved.
 struct Partial {
     name: Option<String>,
@@ -73,13 +63,226 @@ struct Partial {
     line: usize,
 }
 
-/// Whether an `ADD` source is fetched from the network rather than read from the context.
-fn is_remote(source: &str) -> bool {
-    source.contains("://") || source.starts_with("git@")
+/// Whether an `ADD` source may be fetched from the network rather than read from the context.
+///
+/// A superset of BuildKit's rule (`gitutil.ParseGitRef` and `isHTTPSource`): any `scheme://`
+/// (`http`, `https`, `git`, `ssh`, in any case), git's scp form `[user@]host:path` with any user
+/// or none, and any source that names a variable: BuildKit expands `ARG`s and `ENV`s in `ADD`
+/// sources, and this walk does not follow a stage's variables, so `ADD ${URL} /x` may be a URL.
+/// A local file whose name looks like one of these only costs the fingerprint.
+pub(super) fn is_remote(source: &str) -> bool {
+    if source.contains('$') || source.contains("://") {
+        return true;
+    }
+    // scp form: `^(?:([a-zA-Z0-9-_]+)@)?([a-zA-Z0-9-.]+):` in BuildKit's sshutil; a `/` before
+    // the first `:` makes it a path.
+    source.split_once(':').is_some_and(|(before, _)| {
+        !before.is_empty()
+            && before
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    })
+}
+
+/// The frontend image BuildKit runs instead of its built-in Dockerfile frontend: the first word
+/// of the `BUILDKIT_SYNTAX` build argument, which wins, else the `# syntax=` directive.
+///
+/// The directive is looked for in every comment line before the first instruction, in any case
+/// and spacing: a superset of where BuildKit reads it, so that none is missed.
+fn frontend(text: &str, build_args: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(value) = build_args.get("BUILDKIT_SYNTAX") {
+        if let Some(image) = value.split_whitespace().next() {
+            return Some(image.to_string());
+        }
+    }
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some(comment) = line.strip_prefix('#') else {
+            break;
+        };
+        let Some((key, value)) = comment.split_once('=') else {
+            continue;
+        };
+        if key.trim().eq_ignore_ascii_case("syntax") {
+            if let Some(image) = value.split_whitespace().next() {
+                return Some(image.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// What a stage reads, gathered from its instructions and from the `ONBUILD` triggers of the
+/// stage it is based on, and its `RUN` commands and cache mounts (see [`Stage`]).
+#[derive(Default)]
+struct Reads {
+    /// dep -> line of the first instruction needing it, to point cycle errors at.
+    deps: BTreeMap<usize, usize>,
+    images: Vec<String>,
+    remote: Vec<String>,
+    runs: Vec<String>,
+    mounts: Vec<MountUse>,
+    /// The variables the stage's own instructions see: only those it declares (`ARG`).
+    stage_vars: HashMap<String, Var>,
+}
+
+/// What resolving an instruction's references needs.
+struct Scope<'a> {
+    lines: &'a LineIndex,
+    escape: char,
+    vars: &'a HashMap<String, Var>,
+    build_args: &'a BTreeMap<String, String>,
+    by_name: &'a HashMap<String, usize>,
+    count: usize,
+}
+
+impl Scope<'_> {
+    /// Adds what `instruction` reads to `reads`. An `ONBUILD` instruction reads nothing here: it
+    /// runs in a stage that uses this one as its base (see [`Scope::triggers`]).
+    fn read(
+        &self,
+        instruction: &Instruction<'_>,
+        reads: &mut Reads,
+    ) -> Result<(), DockerfileError> {
+        let lines = self.lines;
+        match instruction {
+            Instruction::Arg(arg) => {
+                let line = lines.line(arg.arg.span.start);
+                declare_stage_args(
+                    &arg.arguments.value,
+                    self.escape,
+                    self.build_args,
+                    self.vars,
+                    &mut reads.stage_vars,
+                )
+                .map_err(|e| DockerfileError::at(line, e))?;
+            }
+            Instruction::Copy(copy) => {
+                let line = lines.line(copy.copy.span.start);
+                for flag in copy.options.iter().filter(|f| f.name.value == "from") {
+                    let from = self.flag_value(flag, line)?;
+                    // `--from=` with an empty value copies from the build context.
+                    if from.is_empty() {
+                        continue;
+                    }
+                    self.reference(from, "--from=", line, reads)?;
+                }
+            }
+            Instruction::Add(add) => {
+                for source in &add.src {
+                    if let parse_dockerfile::Source::Path(path) = source {
+                        if is_remote(&path.value) {
+                            reads.remote.push(path.value.to_string());
+                        }
+                    }
+                }
+            }
+            Instruction::Run(run) => {
+                reads.runs.push(collapse_whitespace(&match &run.arguments {
+                    parse_dockerfile::Command::Shell(text) => text.value.to_string(),
+                    parse_dockerfile::Command::Exec(args) => args
+                        .value
+                        .iter()
+                        .map(|a| a.value.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    // The enum is non-exhaustive; a form it adds names no command here.
+                    _ => String::new(),
+                }));
+                let line = lines.line(run.run.span.start);
+                let (mut cached, mut with_secret) = (Vec::new(), false);
+                for flag in run.options.iter().filter(|f| f.name.value == "mount") {
+                    let mount = self.flag_value(flag, line)?;
+                    with_secret |= super::mounts::is_secret(&mount);
+                    // A cache mount's id is what the stage's own variables make of it (the
+                    // platform args it declares kept as written, for the builder).
+                    let raw = flag.value.as_ref().map_or("", |v| v.value.as_ref());
+                    let in_scope = expand(raw, self.escape, &reads.stage_vars).map_err(|e| {
+                        DockerfileError::at(line, format!("in `--mount={raw}`: {e}"))
+                    })?;
+                    if let Some(found) = super::mounts::cache_mount(&in_scope) {
+                        cached.push(found.map_err(|e| DockerfileError::at(line, e))?);
+                    }
+                    if let Some(from) = mount_from(&mount) {
+                        self.reference(from, "from=", line, reads)?;
+                    }
+                }
+                let command = reads.runs.last().cloned().unwrap_or_default();
+                reads
+                    .mounts
+                    .extend(cached.into_iter().map(|mount| MountUse {
+                        mount,
+                        command: command.clone(),
+                        line,
+                        with_secret,
+                    }));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The value of `flag` (`--from`, `--mount`) on `line`, global `ARG`s expanded.
+    fn flag_value(
+        &self,
+        flag: &parse_dockerfile::Flag<'_>,
+        line: usize,
+    ) -> Result<String, DockerfileError> {
+        let name = &flag.name.value;
+        let Some(value) = &flag.value else {
+            return Err(DockerfileError::at(
+                line,
+                format!("`--{name}` needs a value"),
+            ));
+        };
+        expand(&value.value, self.escape, self.vars)
+            .map_err(|e| DockerfileError::at(line, format!("in `--{name}={}`: {e}", value.value)))
+    }
+
+    /// Adds a `--from` or mount `from=` value (`flag`) on `line`: a stage it names is a
+    /// dependency, anything else an image from outside.
+    fn reference(
+        &self,
+        from: String,
+        flag: &str,
+        line: usize,
+        reads: &mut Reads,
+    ) -> Result<(), DockerfileError> {
+        match resolve(&from, flag, self.by_name, self.count, line)? {
+            Some(dep) => {
+                reads.deps.entry(dep).or_insert(line);
+            }
+            None => reads.images.push(from),
+        }
+        Ok(())
+    }
+
+    /// Adds what the `ONBUILD` triggers among `instructions` (a base stage's) read to `reads`:
+    /// BuildKit runs them at the start of the stage built `FROM` that stage (and not in the
+    /// stages built from that one: triggers are cleared once they ran). Their `COPY --from` and
+    /// `--mount=from=` name stages since BuildKit 0.17; before that a stage name there is
+    /// read as an image. Either way the edge errs toward the safe side: the stage is built first
+    /// and its chain is part of the image's.
+    fn triggers(
+        &self,
+        instructions: &[Instruction<'_>],
+        reads: &mut Reads,
+    ) -> Result<(), DockerfileError> {
+        for instruction in instructions {
+            if let Instruction::Onbuild(onbuild) = instruction {
+                self.read(&onbuild.instruction, reads)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn build(
     dockerfile: &Dockerfile<'_>,
+    text: &str,
     lines: &LineIndex,
     build_args: &BTreeMap<String, String>,
 ) -> Result<StageGraph, DockerfileError> {
@@ -142,133 +345,45 @@ pub(super) fn build(
     // Then the references, which see every stage, even later ones: BuildKit resolves them
     // across the whole file, which is how cycles can arise.
     let count = partials.len();
-    // dep -> line of the first instruction needing it, per stage, to point cycle errors at.
-    let mut edges: Vec<BTreeMap<usize, usize>> = Vec::with_capacity(count);
-    let mut outside: Vec<Reads> = Vec::with_capacity(count);
-    for (stage, partial) in dockerfile.stages().zip(&partials) {
-        let mut deps = BTreeMap::new();
-        let Reads {
-            mut images,
-            mut remote,
-            mut runs,
-            mut mounts,
-        } = Reads::default();
+    let scope = Scope {
+        lines,
+        escape,
+        vars: &vars,
+        build_args,
+        by_name: &by_name,
+        count,
+    };
+    let stages: Vec<_> = dockerfile.stages().collect();
+    let mut all_reads: Vec<Reads> = Vec::with_capacity(count);
+    for (stage, partial) in stages.iter().zip(&partials) {
+        let mut reads = Reads::default();
         if let Some(base) = partial.base_stage {
-            deps.insert(base, partial.line);
-        } else if partial.base != "scratch" {
-            images.push(partial.base.clone());
-        }
-        // The variables a stage's own instructions see: only those it declares.
-        let mut scope = std::collections::HashMap::new();
-        // ONBUILD instructions run in a later build that uses this image, not in this one.
-        for instruction in stage.instructions {
-            match instruction {
-                Instruction::Arg(arg) => {
-                    let line = lines.line(arg.arg.span.start);
-                    declare_stage_args(&arg.arguments.value, escape, build_args, &vars, &mut scope)
-                        .map_err(|e| DockerfileError::at(line, e))?;
-                }
-                Instruction::Copy(copy) => {
-                    let line = lines.line(copy.copy.span.start);
-                    for flag in copy.options.iter().filter(|f| f.name.value == "from") {
-                        let Some(value) = &flag.value else {
-                            return Err(DockerfileError::at(line, "`--from` needs a value"));
-                        };
-                        let from = expand(&value.value, escape, &vars).map_err(|e| {
-                            DockerfileError::at(line, format!("in `--from={}`: {e}", value.value))
-                        })?;
-                        // `--from=` with an empty value copies from the build context.
-                        if from.is_empty() {
-                            continue;
-                        }
-                        match resolve(&from, "--from=", &by_name, count, line)? {
-                            Some(dep) => {
-                                deps.entry(dep).or_insert(line);
-                            }
-                            None => images.push(from),
-                        }
-                    }
-                }
-                Instruction::Add(add) => {
-                    for source in &add.src {
-                        if let parse_dockerfile::Source::Path(path) = source {
-                            if is_remote(&path.value) {
-                                remote.push(path.value.to_string());
-                            }
-                        }
-                    }
-                }
-                Instruction::Run(run) => {
-                    runs.push(collapse_whitespace(&match &run.arguments {
-                        parse_dockerfile::Command::Shell(text) => text.value.to_string(),
-                        parse_dockerfile::Command::Exec(args) => args
-                            .value
-                            .iter()
-                            .map(|a| a.value.as_ref())
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        // The enum is non-exhaustive; a form it adds names no command here.
-                        _ => String::new(),
-                    }));
-                    let line = lines.line(run.run.span.start);
-                    let (mut cached, mut with_secret) = (Vec::new(), false);
-                    for flag in run.options.iter().filter(|f| f.name.value == "mount") {
-                        let Some(value) = &flag.value else {
-                            return Err(DockerfileError::at(line, "`--mount` needs a value"));
-                        };
-                        let mount = expand(&value.value, escape, &vars).map_err(|e| {
-                            DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
-                        })?;
-                        with_secret |= super::mounts::is_secret(&mount);
-                        // A cache mount's id is what the stage's own variables make of it
-                        // (the platform args it declares kept as written, for the builder).
-                        let in_scope = expand(&value.value, escape, &scope).map_err(|e| {
-                            DockerfileError::at(line, format!("in `--mount={}`: {e}", value.value))
-                        })?;
-                        if let Some(found) = super::mounts::cache_mount(&in_scope) {
-                            cached.push(found.map_err(|e| DockerfileError::at(line, e))?);
-                        }
-                        if let Some(from) = mount_from(&mount) {
-                            match resolve(&from, "from=", &by_name, count, line)? {
-                                Some(dep) => {
-                                    deps.entry(dep).or_insert(line);
-                                }
-                                None => images.push(from),
-                            }
-                        }
-                    }
-                    let command = runs.last().cloned().unwrap_or_default();
-                    mounts.extend(cached.into_iter().map(|mount| MountUse {
-                        mount,
-                        command: command.clone(),
-                        line,
-                        with_secret,
-                    }));
-                }
-                _ => {}
+            reads.deps.insert(base, partial.line);
+            if let Some(base) = stages.get(base) {
+                scope.triggers(base.instructions, &mut reads)?;
             }
+        } else if partial.base != "scratch" {
+            reads.images.push(partial.base.clone());
         }
-        edges.push(deps);
-        outside.push(Reads {
-            images,
-            remote,
-            runs,
-            mounts,
-        });
+        for instruction in stage.instructions {
+            scope.read(instruction, &mut reads)?;
+        }
+        all_reads.push(reads);
     }
+    let edges: Vec<BTreeMap<usize, usize>> = all_reads.iter().map(|r| r.deps.clone()).collect();
 
     let graph = StageGraph {
         stages: partials
             .into_iter()
-            .zip(edges.iter().zip(outside))
+            .zip(all_reads)
             .enumerate()
-            .map(|(index, (p, (deps, reads)))| Stage {
+            .map(|(index, (p, reads))| Stage {
                 index,
                 name: p.name,
                 base: p.base,
                 base_stage: p.base_stage,
                 platform: p.platform,
-                deps: deps.keys().copied().collect(),
+                deps: reads.deps.keys().copied().collect(),
                 line: p.line,
                 images: reads.images,
                 remote: reads.remote,
@@ -276,6 +391,7 @@ pub(super) fn build(
                 cache_mounts: reads.mounts,
             })
             .collect(),
+        frontend: frontend(text, build_args),
     };
     if let Some(cycle) = find_cycle(&graph) {
         let first = cycle.first().copied().unwrap_or(0);
@@ -424,6 +540,7 @@ CMD [\"service\"]
                         cache_mounts: [],
                     },
                 ],
+                frontend: None,
             }
         "#]]
         .assert_debug_eq(&graph(text));
@@ -615,13 +732,101 @@ COPY --from=compile-worker /worker /usr/local/bin/
     }
 
     #[test]
-    fn onbuild_is_ignored() {
+    fn onbuild_triggers_run_in_the_stage_built_from_theirs() {
+        // The stage that declares them does not run them.
         check(
             "FROM alpine AS a\nFROM alpine AS b\nONBUILD COPY --from=a / /\n",
             expect![[r#"
                 0 Some("a") base="alpine" base_stage=None platform=None deps=[] line=1
                 1 Some("b") base="alpine" base_stage=None platform=None deps=[] line=2
             "#]],
+        );
+        let text = "FROM scratch AS tools\nFROM scratch AS base\nONBUILD COPY --from=tools / /\n\
+                    ONBUILD COPY --from=nginx:latest / /\nONBUILD ADD https://example.com/a /a\n\
+                    ONBUILD RUN make\nRUN true\nFROM base AS child\nRUN test\nFROM child AS grandchild\n";
+        check(
+            text,
+            expect![[r#"
+                0 Some("tools") base="scratch" base_stage=None platform=None deps=[] line=1
+                1 Some("base") base="scratch" base_stage=None platform=None deps=[] line=2
+                2 Some("child") base="base" base_stage=Some(1) platform=None deps=[0, 1] line=8
+                3 Some("grandchild") base="child" base_stage=Some(2) platform=None deps=[2] line=10
+            "#]],
+        );
+        let g = graph(text);
+        assert!(g.stages[1].images.is_empty() && g.stages[1].remote.is_empty());
+        assert_eq!(g.stages[1].runs, ["true"]);
+        assert_eq!(g.stages[2].images, ["nginx:latest"]);
+        assert_eq!(g.stages[2].remote, ["https://example.com/a"]);
+        assert_eq!(g.stages[2].runs, ["make", "test"]);
+        // Triggers run once: the grandchild reads none of them.
+        assert!(g.stages[3].images.is_empty() && g.stages[3].remote.is_empty());
+        assert_eq!(
+            error("FROM scratch AS a\nONBUILD COPY --from=5 / /\nFROM a\n"),
+            "line 2: `--from=5` names stage index 5, but the Dockerfile has 2 stages"
+        );
+    }
+
+    #[test]
+    fn add_sources_that_may_come_from_the_network() {
+        for remote in [
+            "https://example.com/a.tgz",
+            "HTTP://example.com/a",
+            "git://example.com/a.git",
+            "ssh://git@example.com/a.git",
+            "git@github.com:acme/x.git",
+            "deploy@git.example.com:acme/lib.git",
+            "git.example.com:acme/lib.git",
+            "${URL}",
+            "$SRC",
+            "dir/${NAME}.txt",
+        ] {
+            assert!(is_remote(remote), "{remote}");
+        }
+        for local in [
+            "local.txt",
+            "src/",
+            "./a:b",
+            "dir/a:b",
+            ".",
+            "*.rs",
+            "/abs/path",
+        ] {
+            assert!(!is_remote(local), "{local}");
+        }
+        let g = graph("FROM scratch\nARG URL\nADD ${URL} local.txt /x/\nADD --chmod=644 $SRC /y\n");
+        assert_eq!(g.stages[0].remote, ["${URL}", "$SRC"]);
+    }
+
+    #[test]
+    fn the_frontend_image() {
+        let with = |text: &str, args: &[(&str, &str)]| {
+            let args = args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            StageGraph::parse_with_args(text, &args).unwrap().frontend
+        };
+        assert_eq!(with("FROM scratch\n", &[]), None);
+        let directive = "# syntax=docker/dockerfile:1\nFROM scratch\n";
+        assert_eq!(with(directive, &[]).as_deref(), Some("docker/dockerfile:1"));
+        assert_eq!(
+            with(
+                "# escape=`\n#  SYNTAX = example.com/front:2 extra\nFROM scratch\n",
+                &[]
+            )
+            .as_deref(),
+            Some("example.com/front:2")
+        );
+        // Not a directive once an instruction came.
+        assert_eq!(
+            with("FROM scratch\n# syntax=docker/dockerfile:1\n", &[]),
+            None
+        );
+        // The build argument wins; its first word is the image.
+        assert_eq!(
+            with(directive, &[("BUILDKIT_SYNTAX", "other/front:1 --flag")]).as_deref(),
+            Some("other/front:1")
         );
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::process::Output;
 use std::time::Duration;
 
+pub mod facts;
 pub mod process;
 
 use process::Processes;
@@ -28,6 +29,11 @@ pub struct Engine {
     pub client_version: String,
     /// The daemon's version.
     pub server_version: String,
+    /// The engine fact the marker hashes (`linux/amd64 20.10.24`).
+    pub facts: String,
+    /// The named builder's fact (see [`facts::builder_fact`]), when one is named and
+    /// `docker buildx inspect` told it.
+    pub builder: Option<String>,
     /// Every `repository:tag` the engine held before the run, when the plan asked (a build that
     /// ran no step on an engine that did not hold its tag got everything from the registry's
     /// caches); `None` when not asked or not known, which leaves nothing current.
@@ -53,6 +59,9 @@ pub struct Needs {
     pub local_tags: bool,
     /// The cache mounts the engine holds before the run (where a cache mount may be restored).
     pub cache_mounts: bool,
+    /// A builder is named (`--builder`, `BUILDX_BUILDER`) and the registry check may skip
+    /// builds: its facts are asked of `docker buildx inspect`.
+    pub builder_facts: bool,
 }
 
 /// How long a probe may take: a daemon that does not answer in this time is not usable.
@@ -68,10 +77,17 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
     }
     let capability = needs.cache_export || needs.multi_platform;
     let info: &[&str] = &["info", "--format", "{{json .DriverStatus}}"];
+    let inspect_now: &[&str] = if needs.builder_facts { &inspect } else { &[] };
     let probes: Vec<&[&str]> = vec![
         &["--version"],
         &["buildx", "version"],
-        &["version", "--format", "{{.Server.Version}}"],
+        // What builds, for the marker, in the same round trip that checks the daemon.
+        &[
+            "version",
+            "--format",
+            "{{.Server.Version}}|{{.Server.Os}}|{{.Server.Arch}}",
+        ],
+        inspect_now,
         if capability { info } else { &[] },
         if needs.local_tags {
             &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]
@@ -96,8 +112,8 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
             .next()
             .unwrap_or_else(|| Err(std::io::Error::other("no probe")))
     };
-    let (version, buildx, server, info, local) = (next(), next(), next(), next(), next());
-    let mounts = next();
+    let (version, buildx, server, inspected) = (next(), next(), next(), next());
+    let (info, local, mounts) = (next(), next(), next());
 
     let output = match version {
         Ok(output) => output,
@@ -139,7 +155,11 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
     let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".to_string());
     let server =
         server.map_err(|e| anyhow::anyhow!("cannot reach the Docker daemon at {host}: {e}"))?;
-    let server_version = String::from_utf8_lossy(&server.stdout).trim().to_string();
+    let answer = String::from_utf8_lossy(&server.stdout).trim().to_string();
+    let mut answer = answer.split('|');
+    let server_version = answer.next().unwrap_or_default().to_string();
+    let (os, arch) = (answer.next().unwrap_or("?"), answer.next().unwrap_or("?"));
+    let engine_fact = facts::engine_fact(os, arch, &server_version);
     if !server.status.success() || server_version.is_empty() {
         let why = String::from_utf8_lossy(&server.stderr);
         let why = why
@@ -159,8 +179,16 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
     // without it only a builder of another driver, which the slower `buildx inspect` tells.
     let containerd_store = info
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("io.containerd.snapshotter"));
+    let inspected = inspected.ok();
+    let builder = inspected
+        .as_ref()
+        .filter(|o| o.status.success())
+        .and_then(|o| facts::builder_fact(&String::from_utf8_lossy(&o.stdout)));
     if capability && !containerd_store {
-        let out = processes.capture(docker, &inspect, PROBE_TIMEOUT)?;
+        let out = match inspected {
+            Some(out) => out,
+            None => processes.capture(docker, &inspect, PROBE_TIMEOUT)?,
+        };
         if !out.status.success() {
             bail!(
                 "`{docker} {}` failed: {}",
@@ -203,6 +231,8 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
         cli,
         client_version,
         server_version,
+        facts: engine_fact,
+        builder,
         local_tags,
         cache_mounts,
     })

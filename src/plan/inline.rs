@@ -61,10 +61,20 @@ pub(super) fn plan(
         }
     }
 
-    // The final target first, then the other cached stages in dependency order.
+    // The final target first, then the other cached stages in dependency order. A builder of
+    // its own pushes what it builds by itself, the marker with the final image: there the
+    // stage builds come first and the final build last, after all of them, so that a stage
+    // build that fails leaves no marker (every stage build runs there anyway: nothing is
+    // current in a builder the engine cannot see into).
     let target = package.target;
-    let mut order = vec![target];
-    order.extend(package.build_order().into_iter().filter(|&s| s != target));
+    let order = if buildx {
+        package.build_order()
+    } else {
+        let mut order = vec![target];
+        order.extend(package.build_order().into_iter().filter(|&s| s != target));
+        order
+    };
+    let mut stage_builds = Vec::new();
     let final_ancestors = package.graph.ancestors(target);
     // A stage build whose steps the final build runs may find itself current, and so may a
     // cache push (see `Build::skip_if_current`, `PushTag::skip_if_current`).
@@ -119,7 +129,9 @@ pub(super) fn plan(
         args.push(options.cli.progress(options.builder.is_some()).into());
         args.extend(["--build-arg".into(), "BUILDKIT_INLINE_CACHE=1".into()]);
         args.extend(common.head.iter().cloned());
-        args.extend(["--target".into(), package.graph.name(stage)]);
+        if let Some(target) = package.target_arg(stage) {
+            args.extend(["--target".into(), target]);
+        }
         for r in &reads {
             args.extend(["--cache-from".into(), r.clone()]);
         }
@@ -156,6 +168,7 @@ pub(super) fn plan(
             let mut asked: Vec<usize> = questions.values().copied().collect();
             asked.sort_unstable();
             after.extend(asked);
+            after.extend(&stage_builds);
         }
         if let (true, Some(image)) = (skip_if_current, &own.write) {
             after.push(questions[image]);
@@ -186,6 +199,8 @@ pub(super) fn plan(
         let id = plan.add(name, Action::Build(build), docker, args, env, after);
         if is_final {
             final_build = Some(id);
+        } else if buildx {
+            stage_builds.push(id);
         }
         if buildx {
             continue;

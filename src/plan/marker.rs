@@ -47,9 +47,36 @@ pub(super) fn marker(input: &Input, options: &Options, steps: &Plan) -> Option<S
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
     };
-    field(b"xtask-docker build v2");
+    // v3: what builds (the engine, a builder, the CLI's class and environment) joined.
+    field(b"xtask-docker build v3");
     field(env!("CARGO_PKG_VERSION").as_bytes());
     field(sources.as_bytes());
+    // What builds: the same commands on another engine, builder or CLI can make another image.
+    // The first plan of a run assumes these (the preflight has not answered yet); a run whose
+    // preflight tells otherwise plans again, and so asks for another marker.
+    let facts = &options.facts;
+    field(
+        facts
+            .engine
+            .as_deref()
+            .unwrap_or("engine not known")
+            .as_bytes(),
+    );
+    match &facts.builder {
+        None => field(b"the engine's own builder"),
+        Some(builder) => field(builder.as_deref().unwrap_or("builder not known").as_bytes()),
+    }
+    // `docker build` through buildx (Docker 23 and later) or the classic BuildKit client: buildx
+    // adds its own defaults (attestations) to the same argv.
+    field(if options.cli.build_through_buildx {
+        b"buildx"
+    } else {
+        b"classic"
+    });
+    for (name, value) in &facts.env {
+        field(name.as_bytes());
+        field(value.as_bytes());
+    }
     for step in &steps.steps {
         let Some(key) = hash_key(&step.action) else {
             continue;
@@ -106,6 +133,17 @@ pub(super) fn append_marked(
         Action::Build(b) => (b.finals.clone(), b.pushes, b.exports.clone()),
         _ => unreachable!("found as a build"),
     };
+    // A marker pushed with the image stands for the whole run only if no build comes after
+    // it: one that failed would leave it behind. (Inline cache with a builder plans the final
+    // build last; a cached stage that needs the final target would still follow it.) Then the
+    // run does not skip.
+    let builds_after = steps.steps[final_build + 1..]
+        .iter()
+        .any(|s| matches!(s.action, Action::Build(_)));
+    if pushes_itself && builds_after {
+        plan.append(steps, &[]);
+        return;
+    }
     let mut lookup = Vec::new();
     if !options.rebuild {
         lookup.push(plan.inspect(name, docker, marker, Role::Marker, vec![]));

@@ -71,6 +71,22 @@ impl Cli {
     }
 }
 
+/// What builds, where it changes the image and the checkout does not say: the marker hashes it
+/// (see `marker`), so that a build by another engine, builder or CLI setting is another build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The engine's platform and version (`linux/amd64 20.10.24`), as the preflight tells (before
+    /// it, as the engine's socket told; `None` when not known).
+    pub engine: Option<String>,
+    /// A builder other than the engine's own (`--builder`, `BUILDX_BUILDER`): its driver,
+    /// BuildKit version and platform, as `docker buildx inspect` tells (`None` when not known).
+    /// `None` outside: no builder is named.
+    pub builder: Option<Option<String>>,
+    /// The docker CLI's environment variables that change what it builds, with their values
+    /// (`SOURCE_DATE_EPOCH`, `DOCKER_DEFAULT_PLATFORM`, ...), sorted.
+    pub env: Vec<(String, String)>,
+}
+
 /// How to plan.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -97,6 +113,8 @@ pub struct Options {
     /// The run's name (its start time and process), which the builds that restore and export
     /// cache mounts carry so that BuildKit runs them every time.
     pub run_id: String,
+    /// What builds (the engine, the builder, the CLI's environment).
+    pub facts: Facts,
 }
 
 #[cfg(test)]
@@ -115,6 +133,7 @@ impl Options {
             build_args: BTreeMap::new(),
             tags: Vec::new(),
             run_id: "run".into(),
+            facts: Facts::default(),
         }
     }
 }

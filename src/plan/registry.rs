@@ -36,7 +36,9 @@ pub(super) fn plan(
     }
     args.push(options.cli.progress(true).into());
     args.extend(common.head.iter().cloned());
-    args.extend(["--target".into(), package.graph.name(package.target)]);
+    if let Some(target) = package.target_arg(package.target) {
+        args.extend(["--target".into(), target]);
+    }
     for r in &refs.read {
         args.extend(["--cache-from".into(), format!("type=registry,ref={r}")]);
     }

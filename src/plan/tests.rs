@@ -256,17 +256,17 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     let inline = marked(config.clone(), &all);
     expect![[r#"
         # package `service`
-        docker manifest inspect -v registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda  # the registry check: when it and every final tag hold the same image, no other step of the package runs
+        docker manifest inspect -v registry.example/acme/service:inputs-2c6dbeacc5728269224877564410c2ca9dab2eebdf92ba311f44e4a292b8f5e2  # the registry check: when it and every final tag hold the same image, no other step of the package runs
         docker manifest inspect -v registry.example/acme/service:latest  # a final tag, which must hold the marker's image
         docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
         docker manifest inspect -v registry.example/acme/service:compile  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-2c6dbeacc5728269224877564410c2ca9dab2eebdf92ba311f44e4a292b8f5e2 -f /src/service/Dockerfile /src/service
         docker pull registry.example/acme/service:compile  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
         docker push registry.example/acme/service:compile  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
         docker push registry.example/acme/service:latest
-        docker push registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda
+        docker push registry.example/acme/service:inputs-2c6dbeacc5728269224877564410c2ca9dab2eebdf92ba311f44e4a292b8f5e2
     "#]]
     .assert_eq(&inline.to_shell());
     // The package's steps wait for the registry check's questions (the marker and the final
@@ -307,28 +307,74 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     // display name.
     assert_eq!(
         first,
-        "registry.example/acme/service:inputs-be71565d91e1991d5f8473d64917eeb8adf5661c70b1f22dde6b6681e6cafeda"
+        "registry.example/acme/service:inputs-2c6dbeacc5728269224877564410c2ca9dab2eebdf92ba311f44e4a292b8f5e2"
     );
-    // How the CLI prints progress is for display: an older CLI names the same build, and its
-    // plan asks the registry the same questions.
-    let old_cli = Options {
+    // How the CLI prints progress is for display: a CLI without rawjson names the same build.
+    // The client that builds is not: an older CLI builds through the classic client, which
+    // leaves out buildx's defaults, so its marker is another; every other question stays.
+    let cli = |build_through_buildx, rawjson| Options {
         cli: Cli {
-            build_through_buildx: false,
-            rawjson: false,
+            build_through_buildx,
+            rawjson,
         },
         ..all.clone()
     };
-    let plain = marked(config.clone(), &old_cli);
+    let plain = marked(config.clone(), &cli(true, false));
     assert_eq!(marker_of(&plain), first);
     assert!(plain.to_shell().contains("--progress=plain") && !plain.to_shell().contains("rawjson"));
+    let classic = marked(config.clone(), &cli(false, false));
+    assert_ne!(marker_of(&classic), first);
     let questions = |plan: &Plan| -> Vec<(usize, Vec<String>)> {
         plan.steps
             .iter()
-            .filter(|s| s.is_question())
+            .filter(|s| s.is_question() && !s.args.iter().any(|a| a.contains(":inputs-")))
             .map(|s| (s.id, s.args.clone()))
             .collect()
     };
     assert_eq!(questions(&plain), questions(&inline));
+    assert_eq!(questions(&classic), questions(&inline));
+
+    // What builds: another engine, a named builder, a CLI setting, each another marker; the
+    // same facts, the same marker.
+    let with_facts = |facts: Facts| Options {
+        facts,
+        ..all.clone()
+    };
+    let engine = |fact: &str| Facts {
+        engine: Some(fact.into()),
+        ..Facts::default()
+    };
+    let amd64 = marker_of(&marked(
+        config.clone(),
+        &with_facts(engine("linux/amd64 20.10.24")),
+    ));
+    assert_ne!(amd64, first, "a known engine against none");
+    assert_eq!(
+        marker_of(&marked(
+            config.clone(),
+            &with_facts(engine("linux/amd64 20.10.24"))
+        )),
+        amd64
+    );
+    for other in [
+        engine("linux/arm64 20.10.24"),
+        engine("linux/amd64 26.1.5"),
+        Facts {
+            builder: Some(None),
+            ..engine("linux/amd64 20.10.24")
+        },
+        Facts {
+            builder: Some(Some("docker-container v0.13.2 linux/amd64".into())),
+            ..engine("linux/amd64 20.10.24")
+        },
+        Facts {
+            env: vec![("SOURCE_DATE_EPOCH".into(), "1700000000".into())],
+            ..engine("linux/amd64 20.10.24")
+        },
+    ] {
+        let marker = marker_of(&marked(config.clone(), &with_facts(other.clone())));
+        assert_ne!(marker, amd64, "{other:?} is not in the marker");
+    }
 
     // Another checkout folder is the same build; other sources, args or tags are not.
     let mut moved = config.clone();
@@ -444,10 +490,44 @@ fn a_builder_of_its_own_pushes_from_the_build() {
     };
     expect![[r#"
         # package `service`
-        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --push -f /src/service/Dockerfile /src/service
         DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:compile --push -f /src/service/Dockerfile /src/service
+        DOCKER_BUILDKIT=1 docker buildx build --builder k8s --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest --push -f /src/service/Dockerfile /src/service
     "#]]
-    .assert_eq(&shell(config, SERVICE, &options));
+    .assert_eq(&shell(config.clone(), SERVICE, &options));
+
+    // The marker goes with the final build's push, so that build must be the last: a stage
+    // build that failed after it would leave the marker behind.
+    let marked = |config: Config, dockerfile: &str| {
+        let input = Input {
+            sources: Some("f00d".into()),
+            ..input(config, dockerfile)
+        };
+        plan(&[input], &options).unwrap()
+    };
+    let plan = marked(config.clone(), SERVICE);
+    let builds: Vec<&Step> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action, Action::Build(_)))
+        .collect();
+    assert_eq!(builds.len(), 2);
+    assert!(builds[1].args.iter().any(|a| a.contains(":inputs-")));
+    assert!(builds[1].after.contains(&builds[0].id));
+    // Where a cached stage needs the final target, a build follows it: no marker, no skip.
+    let mut needs_final = config;
+    needs_final.target = Some("runtime".into());
+    needs_final.stages.insert(
+        "extra".into(),
+        Template::parse("extra", Placeholder::FOR_CACHE_TAGS).unwrap(),
+    );
+    let plan = marked(needs_final, &format!("{SERVICE}FROM runtime AS extra\n"));
+    assert!(
+        plan.steps
+            .iter()
+            .all(|s| !s.args.iter().any(|a| a.contains(":inputs-"))),
+        "{}",
+        plan.to_shell()
+    );
 }
 
 #[test]

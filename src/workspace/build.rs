@@ -37,12 +37,36 @@ fn vars(package: &Package, branch: &Option<String>, head: Option<&git::Head>) ->
 fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     args.iter()
         .map(|a| match a.split_once('=') {
+            Some(_) if a.contains('\0') => {
+                bail!(
+                    "option `--build-arg`: `{}` holds a NUL byte",
+                    a.escape_debug()
+                )
+            }
             Some((k, v)) if !k.is_empty() && !k.starts_with('-') => {
                 Ok((k.to_string(), v.to_string()))
             }
             _ => bail!("option `--build-arg`: `{a}` is not `KEY=VALUE`"),
         })
         .collect()
+}
+
+/// Gives every package the command line's build arguments as the config's own (they win): the
+/// stage graph, and so the pin check of the images it names, then see the values the builds
+/// get. `FROM ${BASE}` with `--build-arg BASE=rust:latest` must be read as `rust:latest`.
+fn with_build_args(loaded: &mut [Loaded], cli: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    if cli.is_empty() {
+        return Ok(());
+    }
+    for l in loaded.iter_mut() {
+        let mut config = l.package.config.clone();
+        config.build_args.extend(cli.clone());
+        let name = config.package.clone();
+        let text = std::mem::take(&mut l.package.dockerfile_text);
+        l.package = Package::resolve(config, &text)
+            .map_err(|e| e.context(format!("package `{name}`, with the `--build-arg` values")))?;
+    }
+    Ok(())
 }
 
 /// Warnings about the configuration that are not errors.
@@ -81,7 +105,12 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         _ => PathBuf::from("."),
     };
     let head = git::spawn_head(&git_dir);
-    let loaded = load_from(&args.select, members).map_err(Failure::config)?;
+    // The engine's facts for the first plan's marker, from its socket, while the workspace
+    // loads (see `engine::facts`).
+    let early = engine::facts::Early::start(args.push && !args.load && !args.no_cache);
+    let mut loaded = load_from(&args.select, members).map_err(Failure::config)?;
+    let cli_build_args = parse_build_args(&args.build_args).map_err(Failure::config)?;
+    with_build_args(&mut loaded, &cli_build_args).map_err(Failure::config)?;
     let head = head.wait();
     let push = if args.push {
         Push::All
@@ -101,9 +130,18 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         load: args.load,
         no_cache: args.no_cache,
         rebuild: args.rebuild,
-        build_args: parse_build_args(&args.build_args).map_err(Failure::config)?,
+        build_args: cli_build_args,
         tags: args.tags.clone(),
+        facts: plan::Facts::default(),
     };
+    // A builder other than the engine's own builds elsewhere: its facts, not the engine's,
+    // say what builds; the preflight asks `docker buildx inspect`.
+    let named_builder = options.builder.is_some()
+        || std::env::var_os("BUILDX_BUILDER").is_some_and(|b| !b.is_empty());
+    let env = engine::facts::cli_env(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    );
     if let Some(branch) = &args.branch {
         if branch.starts_with('-') || branch.trim().is_empty() {
             return Err(Failure::config(anyhow::anyhow!(
@@ -121,8 +159,18 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
     let mut contexts = crate::fingerprint::Contexts::default();
     let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> = loaded
         .iter()
-        .map(|l| wanted.then(|| crate::fingerprint::sources(&l.package, &mut contexts)))
+        .map(|l| {
+            wanted.then(|| match &env {
+                Err(why) => Err(crate::fingerprint::Unknowable(why.clone())),
+                Ok(_) => crate::fingerprint::sources(&l.package, &mut contexts),
+            })
+        })
         .collect();
+    options.facts = plan::Facts {
+        engine: early.wait(),
+        builder: named_builder.then_some(None),
+        env: env.unwrap_or_default(),
+    };
     let branch = branch(args.branch.as_deref(), head.as_ref());
     let mut inputs = Vec::new();
     for (
@@ -190,6 +238,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
             plan::Action::Push(p) => p.skip_if_current,
             _ => false,
         }),
+        builder_facts: named_builder && inputs.iter().any(|i| i.sources.is_some()),
     };
     // From here on a signal ends every command of the run, the registry's questions that go
     // out during the preflight included.
@@ -200,13 +249,36 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         return Err(Failure::signal(signal));
     }
     let engine = engine.map_err(Failure::engine)?;
-    // An older CLI prints another progress form: the builds' argv change, nothing else (the
-    // marker leaves `--progress` out), so the questions already asked still stand.
-    let plan = if engine.cli == options.cli {
+    // The first plan assumed a current CLI and the engine its socket told (or none): plan
+    // again where the preflight tells otherwise. An older CLI prints another progress form and
+    // builds through another client; other facts make another marker, which the run then
+    // asks for (an answer about the assumed one is never taken).
+    let facts = plan::Facts {
+        engine: Some(engine.facts.clone()),
+        builder: named_builder.then(|| engine.builder.clone()),
+        env: options.facts.env.clone(),
+    };
+    let mut refused = false;
+    if let Some(None) = &facts.builder {
+        for input in inputs.iter_mut().filter(|i| i.sources.is_some()) {
+            refused = true;
+            reporter.info(&format!(
+                "package `{}` is built even if the registry holds the same build: `docker buildx inspect` does not tell the builder's driver, BuildKit version and platform (a builder that is not running names no version)\nnote: start it first (`docker buildx inspect --bootstrap`)",
+                input.package.config.package
+            ));
+            input.sources = None;
+        }
+    }
+    let plan = if engine.cli == options.cli && facts == options.facts && !refused {
         plan
     } else {
         options.cli = engine.cli;
-        plan::plan(&inputs, &options).map_err(Failure::config)?
+        options.facts = facts;
+        let plan = plan::plan(&inputs, &options).map_err(Failure::config)?;
+        if args.message_format == MessageFormat::Json {
+            reporter.event(&PlanMessage::new(&plan));
+        }
+        plan
     };
     reporter.detail(&format!(
         "the docker CLI `{}` is {}, its engine {}",

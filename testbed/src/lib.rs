@@ -1,7 +1,7 @@
 //! Real Docker engines and a real registry for this repository's tests, benchmarks and demo.
 //!
 //! ```no_run
-//! let Some(tools) = testbed::require() else { return }; // prints `skipped: ...`
+//! let Some(tools) = testbed::require() else { return }; // reports `skipped: ...`
 //! let engine = tools.engine().unwrap(); // a fresh, empty dockerd: a new CI agent
 //! let registry = tools.registry().unwrap(); // a CNCF distribution registry on 127.0.0.1
 //! // run `docker` with DOCKER_HOST=engine.host(), push to registry.addr() ...
@@ -131,8 +131,41 @@ fn settle(found: &Result<Tools, String>) -> Option<Tools> {
         }
         Err(reason) if std::env::var_os("CI").is_some() => panic!("{reason}"),
         Err(reason) => {
-            eprintln!("skipped: {reason}");
+            report_skip(reason);
             None
+        }
+    }
+}
+
+/// The environment variable naming a file to which each skipped test appends one line (`cargo
+/// xtask test` sets it and counts the lines as skipped, not passed).
+pub const SKIPS_FILE: &str = "XTASK_TEST_SKIPS";
+
+/// Tells that the running test skips: on the real stderr (libtest captures `eprintln!` of a
+/// test that passes, so the line would never be seen), and as a line of [`SKIPS_FILE`].
+fn report_skip(reason: &str) {
+    report_skip_to(
+        reason,
+        std::env::var_os(SKIPS_FILE).map(PathBuf::from).as_deref(),
+    );
+}
+
+/// [`report_skip`], with the skips file given.
+fn report_skip_to(reason: &str, skips: Option<&Path>) {
+    use std::io::Write;
+    // libtest names each test's thread after the test.
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("a test")
+        .to_string();
+    let line = format!("skipped: {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = skips {
+        // One write of a short line to a file opened for appending: lines of tests running at
+        // once do not mix.
+        if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = file.write_all(line.as_bytes());
         }
     }
 }
@@ -418,6 +451,24 @@ mod tests {
         assert_eq!(tree_bytes(&copy), 15);
         fs::remove_dir_all(&a)?;
         fs::remove_dir_all(&b)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_skip_is_told_past_the_capture_and_counted() -> Result<()> {
+        let dir = temp_dir("unit-skips")?;
+        let file = dir.join("skips");
+        report_skip_to("missing dockerd", Some(&file));
+        report_skip_to("missing dockerd", Some(&file));
+        let text = fs::read_to_string(&file)?;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("skipped: tests::a_skip_is_told_past_the_capture_and_counted")
+                && lines[0].ends_with(": missing dockerd"),
+            "{text}"
+        );
+        fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

@@ -217,6 +217,20 @@ pub fn docker(cli: &Path, engine: &Engine, args: &[&str]) -> Command {
     command
 }
 
+/// Runs `cli ARGS` against `engine` with BuildKit, and panics with its stderr unless it
+/// succeeded.
+pub fn docker_ok(cli: &Path, engine: &Engine, args: &[&str]) {
+    let out = docker(cli, engine, args)
+        .env("DOCKER_BUILDKIT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// What makes a command talk to `engine` as that agent, with its own empty credentials.
 fn agent_env(command: &mut Command, engine: &Engine) {
     command

@@ -82,13 +82,18 @@ pub fn summarize(cell: &Cell) -> Summary {
     }
 }
 
-/// The median wall time of a cell, if it has a successful run.
+/// The median wall time of a cell, if it has a successful run; `NaN` when one of its runs
+/// failed: a failed run fails the goal it counts for instead of leaving the median to the
+/// runs that worked.
 fn median_of(cells: &[Cell], f: FixtureName, s: Scenario, c: Contender) -> Option<f64> {
     let cell = cells
         .iter()
         .find(|x| x.fixture == f && x.scenario == s && x.contender == c)?;
-    let m = summarize(cell).median;
-    m.is_finite().then_some(m)
+    let summary = summarize(cell);
+    if summary.failed > 0 {
+        return Some(f64::NAN);
+    }
+    summary.median.is_finite().then_some(summary.median)
 }
 
 /// The seed script on the contender's engine: what its ratio is against.
@@ -131,6 +136,14 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
                       names: (&str, &str),
                       extra: String| {
         match (ours, theirs) {
+            (Some(a), Some(b)) if a.is_nan() || b.is_nan() => Goal {
+                goal,
+                pass: Some(false),
+                detail: format!(
+                    "a run of {} failed",
+                    if a.is_nan() { names.0 } else { names.1 }
+                ),
+            },
             (Some(a), Some(b)) => Goal {
                 goal,
                 pass: Some(a <= limit * b),
@@ -151,7 +164,11 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
 
     // Warm heavy.
     let (h, w) = (FixtureName::Heavy, Scenario::Warm);
-    let floor = match (m(h, w, Contender::Floor), m(h, w, Contender::FloorManifest)) {
+    let measured = |v: Option<f64>| v.filter(|v| v.is_finite());
+    let floor = match (
+        measured(m(h, w, Contender::Floor)),
+        measured(m(h, w, Contender::FloorManifest)),
+    ) {
         (Some(p), Some(q)) => {
             format!("; floor: docker pull {p:.2} s, manifest inspect {q:.2} s")
         }
@@ -231,7 +248,11 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
             };
             let mut bad = Vec::new();
             let mut seen = Vec::new();
-            for run in cell.runs.iter().filter(|r| r.error.is_none()) {
+            for run in &cell.runs {
+                if let Some(error) = &run.error {
+                    bad.push(format!("run {} failed: {error}", run.round + 1));
+                    continue;
+                }
                 let Some(stages) = &run.stages else {
                     bad.push(format!("run {}: no build-finished event", run.round + 1));
                     continue;
@@ -270,7 +291,7 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
                 }
                 seen.push(format!("[{}] {steps_ran} steps", ran.join(", ")));
             }
-            let checked = !seen.is_empty();
+            let checked = !seen.is_empty() || !bad.is_empty();
             goals.push(Goal {
                 goal: format!(
                     "changed {}: {} ran only the steps downstream of the change (stages {}; {} steps)",
@@ -728,4 +749,68 @@ fn chart(path: &Path, results: &Results) -> Result<(), Box<dyn std::error::Error
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(contender: Contender, runs: &[(f64, Option<&str>)]) -> Cell {
+        Cell {
+            fixture: FixtureName::Heavy,
+            scenario: Scenario::Warm,
+            contender,
+            label: contender.label(),
+            commands: Vec::new(),
+            runs: runs
+                .iter()
+                .enumerate()
+                .map(|(round, (seconds, error))| super::super::RunRecord {
+                    round: round as u32,
+                    seconds: *seconds,
+                    error: error.map(str::to_string),
+                    agent_bytes: None,
+                    traffic: Default::default(),
+                    pushed_bytes: 0,
+                    stages: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn warm_heavy(goals: &[Goal]) -> &Goal {
+        goals
+            .iter()
+            .find(|g| {
+                g.goal
+                    .starts_with("warm heavy --push: tool-classic <= 0.5x")
+            })
+            .expect("the goal")
+    }
+
+    #[test]
+    fn a_failed_run_fails_its_goal() {
+        let seed = cell(
+            Contender::SeedClassic,
+            &[(4.0, None), (4.2, None), (4.1, None)],
+        );
+        let ok = cell(
+            Contender::ToolClassic,
+            &[(0.2, None), (0.2, None), (0.3, None)],
+        );
+        let checked = goals(&[seed.clone(), ok], None);
+        assert_eq!(warm_heavy(&checked).pass, Some(true));
+        // Two fast runs and one that failed: not a median of the two.
+        let failed = cell(
+            Contender::ToolClassic,
+            &[(0.2, None), (0.1, Some("exit status 1")), (0.2, None)],
+        );
+        let checked = goals(&[seed, failed], None);
+        let goal = warm_heavy(&checked);
+        assert_eq!(goal.pass, Some(false), "{goal:?}");
+        assert!(
+            goal.detail.contains("a run of tool-classic failed"),
+            "{goal:?}"
+        );
+    }
 }

@@ -24,9 +24,13 @@
 //!   cache, so it is never known to have run before its build ends.
 //!
 //! The plain printer's `CACHED` holds the same evidence but may lose it: a `DONE` without
-//! `CACHED` counts as run (the safe side), and on dockerd 20.10 (BuildKit 0.8, which downloads
-//! inside the load) it is exact. A `DONE` that made a step known to have run is not undone by a
-//! later `CACHED`: what the scheduler decided during the build, the counts say after it.
+//! `CACHED` counts as run (the safe side). A `DONE` after a `CACHED` counts as run too: on
+//! dockerd 20.10 (BuildKit 0.8, which downloads inside the load) it is a step executed after
+//! all, its result found in a cache whose layer the inline cache had lost (moby/buildkit#2274:
+//! the vertex is printed again and ends `DONE`, where a second hit prints `CACHED` again); on
+//! dockerd 26 it may also be a hit's download round, and counting it as run errs the safe way.
+//! A `DONE` that made a step known to have run is not undone by a later `CACHED`: what the
+//! scheduler decided during the build, the counts say after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -25,8 +25,9 @@ impl BuildProgress {
         } else if let Some(seconds) = text.strip_prefix("DONE ").and_then(|t| t.strip_suffix('s')) {
             vertex.seconds = seconds.parse().unwrap_or(0.0);
             // A `FROM` is printed `DONE` when its image is resolved, and may yet be loaded from
-            // a cache: only the end of the build tells.
-            if !vertex.hit && !vertex.ran && !is_from(&vertex.name) {
+            // a cache: only the end of the build tells. A `DONE` after `CACHED` is a run (see
+            // the module `progress`).
+            if !vertex.ran && !is_from(&vertex.name) {
                 vertex.ran = true;
                 return super::dockerfile_step_stage(&vertex.name).is_some();
             }
@@ -52,6 +53,39 @@ fn is_from(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::BuildProgress;
+
+    #[test]
+    fn a_step_printed_again_and_done_after_cached_ran() {
+        // dockerd 20.10 with the 20.10 CLI, here: `base`'s RUN found in the cache, then
+        // executed after all for the runtime stage (its layer digest changed in the registry).
+        let mut progress = BuildProgress::default();
+        let mut ran = false;
+        for line in [
+            "#7 [base 2/2] RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]",
+            "#7 CACHED",
+            "#13 [compile 5/5] RUN make",
+            "#13 DONE 1.3s",
+            "#7 [base 2/2] RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]",
+            "#7 DONE 0.3s",
+        ] {
+            ran |= progress.read(line).ran;
+        }
+        assert!(ran);
+        assert_eq!(progress.cached(), 0, "{:?}", progress.steps());
+        // A second hit is printed `CACHED` again: still a hit.
+        let mut hit = BuildProgress::default();
+        for line in [
+            "#7 [base 2/2] RUN true",
+            "#7 CACHED",
+            "#7 [base 2/2] RUN true",
+            "#7 CACHED",
+        ] {
+            hit.read(line);
+        }
+        assert_eq!(hit.cached(), 1);
+    }
+
     #[test]
     fn tells_a_from_by_its_name() {
         assert!(super::is_from(

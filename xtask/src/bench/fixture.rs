@@ -91,7 +91,7 @@ impl FixtureName {
                 name: self,
                 target: "runtime",
                 seed_stages: &["compile", "runtime"],
-                cache_tags: &["runtime", "compile"],
+                cache_tags: &["runtime", "compile", "base"],
                 changed_file: "src/main.rs",
                 downstream: &["compile", "runtime"],
                 changed_steps: 3,

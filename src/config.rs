@@ -704,3 +704,49 @@ mod tests {
         }
     }
 }
+
+/// Configs for the unit tests of the modules that come after this one.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+
+    use super::{CacheMode, Config, PushCache};
+    use crate::reference::Repository;
+    use crate::template::{Placeholder, Template};
+
+    /// A config as the table would give it, with every optional key at its default.
+    pub(crate) fn config(stages: &[(&str, &str)], tags: &[&str]) -> Config {
+        let template = |t: &str, allowed| Template::parse(t, allowed).unwrap();
+        Config {
+            package: "service".into(),
+            version: "0.3.1".into(),
+            manifest_dir: "/src/service".into(),
+            image: Repository::parse("registry.example/acme/service").unwrap(),
+            dockerfile: "/src/service/Dockerfile".into(),
+            context: "/src/service".into(),
+            target: None,
+            tags: tags
+                .iter()
+                .map(|t| template(t, Placeholder::FOR_TAGS))
+                .collect(),
+            cache_image: Repository::parse("registry.example/acme/service").unwrap(),
+            build_args: BTreeMap::new(),
+            network: None,
+            platforms: Vec::new(),
+            stages: stages
+                .iter()
+                .map(|(s, t)| (s.to_string(), template(t, Placeholder::FOR_CACHE_TAGS)))
+                .collect(),
+            cache: CacheMode::Inline,
+            cache_tag: template("buildcache", Placeholder::FOR_CACHE_TAGS),
+            default_branch: "main".into(),
+            push_cache: PushCache::Required,
+            provenance: None,
+            sbom: None,
+            secrets: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            cache_mounts: super::CacheMounts::None,
+            cache_mount_limit: super::DEFAULT_CACHE_MOUNT_LIMIT,
+        }
+    }
+}

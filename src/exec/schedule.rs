@@ -381,7 +381,8 @@ impl<'p> Scheduler<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::{config, input};
+    use crate::config::testing::config;
+    use crate::plan::tests::input;
     use crate::plan::{Options, Push, Role};
 
     const SERVICE: &str = "\

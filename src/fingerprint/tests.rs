@@ -24,7 +24,7 @@ fn write(dir: &Path, path: &str, text: &str) {
 
 fn package(dir: &Path, dockerfile: &str) -> Package {
     fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-    let mut config = crate::plan::tests::config(&[], &["dev"]);
+    let mut config = crate::config::testing::config(&[], &["dev"]);
     config.dockerfile = dir.join("Dockerfile");
     config.context = dir.to_path_buf();
     Package::resolve(config, dockerfile).unwrap()

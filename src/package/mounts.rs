@@ -188,7 +188,10 @@ fn default_tag(id: &str) -> anyhow::Result<Template> {
     }
     safe.truncate(48);
     if safe != id || safe.is_empty() {
-        let hash = crate::fingerprint::hex(&Sha256::digest(id.as_bytes()));
+        let hash = Sha256::digest(id.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         safe = format!("{safe}-{}", &hash[..8])
             .trim_start_matches('-')
             .to_string();

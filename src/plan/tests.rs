@@ -4,8 +4,8 @@ use expect_test::expect;
 
 use super::shell::quote;
 use super::*;
+use crate::config::testing::config;
 use crate::config::{CacheMode, Config, PushCache, Secret};
-use crate::reference::Repository;
 
 const SERVICE: &str = "\
 FROM scratch AS toolchain
@@ -15,42 +15,6 @@ RUN make
 FROM toolchain AS runtime
 COPY --from=compile /out /out
 ";
-
-/// A config as the table would give it, with every optional key at its default.
-pub(crate) fn config(stages: &[(&str, &str)], tags: &[&str]) -> Config {
-    let template = |t: &str, allowed| Template::parse(t, allowed).unwrap();
-    Config {
-        package: "service".into(),
-        version: "0.3.1".into(),
-        manifest_dir: "/src/service".into(),
-        image: Repository::parse("registry.example/acme/service").unwrap(),
-        dockerfile: "/src/service/Dockerfile".into(),
-        context: "/src/service".into(),
-        target: None,
-        tags: tags
-            .iter()
-            .map(|t| template(t, Placeholder::FOR_TAGS))
-            .collect(),
-        cache_image: Repository::parse("registry.example/acme/service").unwrap(),
-        build_args: BTreeMap::new(),
-        network: None,
-        platforms: Vec::new(),
-        stages: stages
-            .iter()
-            .map(|(s, t)| (s.to_string(), template(t, Placeholder::FOR_CACHE_TAGS)))
-            .collect(),
-        cache: CacheMode::Inline,
-        cache_tag: template("buildcache", Placeholder::FOR_CACHE_TAGS),
-        default_branch: "main".into(),
-        push_cache: PushCache::Required,
-        provenance: None,
-        sbom: None,
-        secrets: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        cache_mounts: crate::config::CacheMounts::None,
-        cache_mount_limit: crate::config::DEFAULT_CACHE_MOUNT_LIMIT,
-    }
-}
 
 fn vars() -> Vars {
     Vars {

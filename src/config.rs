@@ -256,7 +256,11 @@ impl RawConfig {
             let text = e.to_string();
             let path = culprit(Vec::new(), value);
             if text.starts_with("unknown field") && path.len() <= 1 {
-                format!("{text}\nnote: the keys are {}", KEYS.join(", "))
+                // serde's text lists every key after `expected one of`; the note lists them
+                // once, so the error keeps only the culprit.
+                let culprit = text.split(", expected").next().unwrap_or(&text);
+                let culprit = culprit.replacen("unknown field", "unknown key", 1);
+                format!("{culprit}\nnote: the keys are {}", KEYS.join(", "))
             } else if path.is_empty() {
                 text
             } else {

@@ -94,7 +94,7 @@ fn errors_name_the_culprit() {
         (
             "image = \"a/b\"\nimagee = \"x\"",
             Some(DOCKERFILE),
-            "unknown field `imagee`, expected one of",
+            "unknown key `imagee`\nnote: the keys are image, dockerfile",
         ),
         ("image = \"a/b\"\nimagee = \"x\"", Some(DOCKERFILE), "note: the keys are image, dockerfile"),
         ("image = \"a/b\"\ntags = \"latest\"", Some(DOCKERFILE), "key `tags`: invalid type: string \"latest\", expected a sequence"),
@@ -149,6 +149,18 @@ fn errors_name_the_culprit() {
             "no package or path named in:\n{message}"
         );
     }
+}
+
+#[test]
+fn an_unknown_key_lists_the_keys_once() {
+    let message = error("image = \"a/b\"\nimagee = \"x\"", Some(DOCKERFILE));
+    // `cache-mount-limit` is a key no other key's name contains.
+    assert_eq!(
+        message.matches("cache-mount-limit").count(),
+        1,
+        "the keys are listed more than once:\n{message}"
+    );
+    assert!(message.contains("unknown key `imagee`"), "{message}");
 }
 
 #[test]

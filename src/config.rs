@@ -25,7 +25,7 @@ pub struct RawConfig {
     /// The build context, relative to the package's directory.
     pub context: Option<String>,
     /// The final stage; default: the Dockerfile's last stage.
-    pub target: Option<String>,
+    pub target: Option<RawTarget>,
     /// Tags of the final image.
     pub tags: Option<Vec<String>>,
     /// Repository of the stage caches; default: `image`.
@@ -81,6 +81,26 @@ pub enum RawSize {
     Bytes(u64),
     /// With a unit.
     Text(String),
+}
+
+/// A stage: a name, or its index as an integer (`target = 0`) or in a string (`"0"`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged, expecting = "expected a stage name or an index")]
+pub enum RawTarget {
+    /// The stage's index, counted from 0.
+    Index(u64),
+    /// The stage's name, or its index written as a string.
+    Name(String),
+}
+
+impl RawTarget {
+    /// The stage as written, an index in decimal: what the stage graph's `find` takes.
+    fn into_name(self) -> String {
+        match self {
+            RawTarget::Index(index) => index.to_string(),
+            RawTarget::Name(name) => name,
+        }
+    }
 }
 
 /// A string or a list of strings.
@@ -355,7 +375,8 @@ impl RawConfig {
             bail!("key `context`: `{}` is not a folder", context.display());
         }
 
-        if let Some(target) = &self.target {
+        let target = self.target.map(RawTarget::into_name);
+        if let Some(target) = &target {
             not_a_flag("target", target)?;
         }
         let tags = self
@@ -518,7 +539,7 @@ impl RawConfig {
             image,
             dockerfile,
             context,
-            target: self.target,
+            target,
             tags,
             cache_image,
             build_args,

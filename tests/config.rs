@@ -106,6 +106,8 @@ fn errors_name_the_culprit() {
         ("image = \"a/b\"\ncontext = \"nowhere\"", Some(DOCKERFILE), "key `context`: `DIR/nowhere` is not a folder"),
         ("image = \"a/b\"\ntarget = \"runtme\"", Some(DOCKERFILE), "key `target`: `DIR/Dockerfile` has no stage `runtme`\nnote: its stages are `toolchain`, `compile`, `runtime`"),
         ("image = \"a/b\"\ntarget = \"-x\"", Some(DOCKERFILE), "key `target`: `-x` starts with `-`"),
+        ("image = \"a/b\"\ntarget = 3", Some(DOCKERFILE), "key `target`: `DIR/Dockerfile` has no stage `3`"),
+        ("image = \"a/b\"\ntarget = true", Some(DOCKERFILE), "key `target`: expected a stage name or an index"),
         ("image = \"a/b\"\nstages = { compil = \"c\" }", Some(DOCKERFILE), "key `stages.compil`: `DIR/Dockerfile` has no stage `compil`"),
         ("image = \"a/b\"\nstages = { \"-compile\" = \"c\" }", Some(DOCKERFILE), "key `stages`: `-compile` starts with `-`"),
         ("image = \"a/b\"\nstages = { compile = \"-c\" }", Some(DOCKERFILE), "key `stages.compile`:"),
@@ -148,6 +150,19 @@ fn errors_name_the_culprit() {
             message.contains("package `svc`") || message.contains("DIR"),
             "no package or path named in:\n{message}"
         );
+    }
+}
+
+#[test]
+fn a_target_is_a_name_or_an_index() {
+    for target in ["0", "\"0\"", "\"toolchain\"", "\"ToolChain\""] {
+        let dir = workspace(
+            &format!("image = \"a/b\"\ntarget = {target}"),
+            Some(DOCKERFILE),
+        );
+        let packages = load(&dir, &[]).unwrap_or_else(|e| panic!("target = {target}: {e:#}"));
+        assert_eq!(packages[0].graph.name(packages[0].target), "toolchain");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
 

@@ -17,7 +17,8 @@ use std::process::{Command, Output, Stdio};
 ///   exists, writes its pid to it (blocking until the test reads it) and sleeps until ended;
 /// - `version`: likewise hangs, through the FIFO `builds/version.ready`, when it exists;
 /// - `pull IMAGE`: succeeds when the registry file exists, else "manifest unknown";
-/// - `push IMAGE`: prints a digest;
+/// - `push IMAGE`: prints a digest, or fails as unauthorized where `builds/push-<IMAGE with / and
+///   : as _>.refused` exists;
 /// - `build ... --target T` (and `buildx build`), `builds/T` standing for `builds/F-T` where
 ///   such files exist for the Dockerfile's folder `F`: prints `builds/T.out`; if `builds/T.wait`
 ///   exists, reads it first (a FIFO: it blocks until the other side writes); if `builds/T.hang`
@@ -47,7 +48,10 @@ case "$1" in
     if [ -f "$(file_of "$2")" ]; then echo "pulled $2"; finish "$@"; exit 0; fi
     echo "Error response from daemon: manifest for $2 not found: manifest unknown: manifest unknown" >&2
     finish "$@"; exit 1;;
-  push) echo "$2: digest: sha256:$(printf '%064d' 7) size: 528"; finish "$@"; exit 0;;
+  push)
+    refuse="$dir/builds/push-$(basename "$(file_of "$2")").refused"
+    if [ -f "$refuse" ]; then echo "unauthorized: authentication required" >&2; finish "$@"; exit 1; fi
+    echo "$2: digest: sha256:$(printf '%064d' 7) size: 528"; finish "$@"; exit 0;;
   buildx) if [ "$2" = version ]; then echo "github.com/docker/buildx 0.13.1"; finish "$@"; exit 0; fi;;
 esac
 if [ "$1" = build ] || [ "$1" = buildx ]; then
@@ -391,6 +395,68 @@ fn a_step_that_ran_pulls_the_old_image_during_the_final_build_and_rebuilds_after
     assert!(fake
         .position(&format!("start push {IMAGE}:compile"))
         .is_some());
+}
+
+/// The images of the `Pushing` and of the `Pushed` status lines, in order.
+fn push_lines(stderr: &str) -> (Vec<&str>, Vec<&str>) {
+    let images = |verb: &str| {
+        stderr
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix(verb))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect::<Vec<_>>()
+    };
+    (images("Pushing "), images("Pushed "))
+}
+
+#[test]
+fn every_push_that_succeeded_says_pushed_and_one_that_failed_does_not() {
+    let fake = Fake::new();
+    fake.build("compile", &final_build_output("DONE 0.1s"), 0);
+    fake.build("runtime", &final_build_output("DONE 0.1s"), 0);
+    let run = fake.run(&["--push", "--tag", "extra"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (pushing, mut pushed) = push_lines(&run.stderr);
+    for tag in ["latest", "extra"] {
+        let image = format!("{IMAGE}:{tag}");
+        assert!(pushing.contains(&image.as_str()), "{}", run.stderr);
+    }
+    // Every push that started with `Pushing` said when it was done, and every cache tag too.
+    for image in &pushing {
+        assert!(
+            pushed.contains(image),
+            "no `Pushed {image}`:\n{}",
+            run.stderr
+        );
+    }
+    pushed.sort();
+    let mut done: Vec<&str> = run
+        .events
+        .iter()
+        .filter(|e| e["reason"] == "step-finished" && e["kind"] == "push")
+        .filter(|e| e["outcome"] == "done")
+        .map(|e| e["image"].as_str().unwrap())
+        .collect();
+    done.sort();
+    assert_eq!(pushed, done, "{}", run.stderr);
+
+    // A final tag's push that fails is reported `Pushing`, never `Pushed`.
+    let fake = Fake::new();
+    fake.build("compile", &final_build_output("DONE 0.1s"), 0);
+    fake.build("runtime", &final_build_output("DONE 0.1s"), 0);
+    let latest = format!("{IMAGE}:latest");
+    std::fs::write(
+        fake.dir
+            .join("builds")
+            .join(format!("push-{}.refused", latest.replace(['/', ':'], "_"))),
+        "",
+    )
+    .unwrap();
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let (pushing, pushed) = push_lines(&run.stderr);
+    assert!(pushing.contains(&latest.as_str()), "{}", run.stderr);
+    assert!(!pushed.contains(&latest.as_str()), "{}", run.stderr);
 }
 
 #[test]

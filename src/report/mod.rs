@@ -315,14 +315,11 @@ impl Listener for Reporter {
                         p.step_count()
                     ),
                 ),
-                (
-                    Action::Push(PushTag {
-                        image,
-                        skip_if_current: true,
-                        ..
-                    }),
-                    _,
-                ) => self.status("Pushed", &format!("{image} in {:.1}s", result.seconds)),
+                // Every push that succeeded, final tags' included: `Pushing` alone would leave
+                // open whether it was done.
+                (Action::Push(PushTag { image, .. }), _) => {
+                    self.status("Pushed", &format!("{image} in {:.1}s", result.seconds))
+                }
                 (Action::Mark { marker }, _) => {
                     self.info(&format!("recorded this build as `{marker}`"))
                 }

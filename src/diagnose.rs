@@ -1,4 +1,5 @@
-//! Puts docker's and BuildKit's registry error messages into classes a user can act on.
+//! Puts docker's and BuildKit's error messages into classes a user can act on: the registry's,
+//! and the engine's where a build failed for want of something the config can give.
 
 /// Why a registry operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +106,37 @@ impl RegistryProblem {
     }
 }
 
+/// What to do about a failed build whose output (`text`, the whole of it is fine) shows the
+/// engine could not give a `RUN` step what it needs; `None` when nothing is recognized.
+pub fn build_hint(text: &str) -> Option<&'static str> {
+    // An engine started with `--bridge=none` (as `cargo xtask engine up`'s and the test
+    // engines are) has no default network for `RUN`; BuildKit says only this.
+    text.to_ascii_lowercase()
+        .contains("network bridge not found")
+        .then_some(
+            "note: the engine has no bridge network (dockerd `--bridge=none`), which a `RUN` step needs by default: set `network = \"none\"` in `[package.metadata.docker]` for builds that need no network, or give the engine a bridge",
+        )
+}
+
 #[cfg(test)]
 mod tests {
+    use super::build_hint;
     use super::RegistryProblem::{self, *};
+
+    #[test]
+    fn a_missing_bridge_says_what_to_do() {
+        // dockerd 20.10's BuildKit through the 20.10 CLI, here, on an engine with
+        // `--bridge=none` and a build without `--network`.
+        let message =
+            "executor failed running [/bin/busybox --install -s /bin]: network bridge not found";
+        let hint = build_hint(message).unwrap();
+        assert!(hint.contains("`network = \"none\"`"), "{hint}");
+        assert!(hint.contains("give the engine a bridge"), "{hint}");
+        assert_eq!(
+            build_hint("executor failed running [make]: exit code: 2"),
+            None
+        );
+    }
 
     #[test]
     fn classifies_real_messages() {

@@ -586,3 +586,33 @@ fn the_first_failure_stops_the_other_running_builds() {
     );
     assert!(!run.stderr.contains("Finished"), "{}", run.stderr);
 }
+
+#[test]
+fn a_run_step_on_an_engine_without_a_bridge_says_what_to_do() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    // The testbed's engines run with `--bridge=none`, as `cargo xtask engine up`'s does: a
+    // `RUN` step without `network = "none"` cannot get the default network.
+    let registry = tools.registry().unwrap();
+    let manifest = service(&tools, &registry);
+    edit(&manifest, "network = \"none\"\n", "");
+    let path = manifest.to_str().unwrap();
+    let agent = tools.engine().unwrap();
+    for cli in [&tools.cli20, &tools.cli28] {
+        let run = tool(cli, &agent, &["build", "--manifest-path", path]);
+        assert_eq!(code(&run), Some(1), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("network bridge not found"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(
+                "note: the engine has no bridge network (dockerd `--bridge=none`), which a `RUN` step needs by default: set `network = \"none\"` in `[package.metadata.docker]`"
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+}

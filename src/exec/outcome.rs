@@ -51,8 +51,11 @@ pub(crate) fn build(
             ));
         }
     }
+    let hint = crate::diagnose::build_hint(&streamed.text)
+        .map(|note| format!("\n{note}"))
+        .unwrap_or_default();
     Outcome::Failed(format!(
-        "the build of stage `{stage}` of package `{package}` failed: {message}{}\ncommand: {}",
+        "the build of stage `{stage}` of package `{package}` failed: {message}{}{hint}\ncommand: {}",
         errors
             .iter()
             .map(|e| format!("\n  {e}"))

@@ -365,6 +365,7 @@ fn check_prints_the_stage_graph_and_validates_the_cargo_chef_example() {
     let chef = root.join("rust-service/Cargo.toml");
     let (code, text, stderr) = run(&["check", "--manifest-path", chef.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("did you mean"), "{stderr}");
     assert!(
         text.contains(
             "deps <- chef, planner  (cached as `ghcr.io/acme/rust-service:deps-{branch}`)"
@@ -380,4 +381,34 @@ fn check_prints_the_stage_graph_and_validates_the_cargo_chef_example() {
         "nope",
     ]);
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn check_warns_of_a_name_that_looks_like_a_misspelt_stage() {
+    let dir = testbed::temp_dir("typo").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"svc\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"lib.rs\"\n\n[package.metadata.docker]\nimage = \"127.0.0.1:5000/acme/svc\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib.rs"), "").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch AS build\nCOPY lib.rs /out/\nFROM scratch AS runtime\nCOPY --from=biuld /out /out\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+        .args(["docker", "check", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A warning, not an error: an image called `biuld` may exist.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: package `svc`: `")
+            && stderr.contains("stage `runtime` (line 3) names `biuld`, which is no stage it can use, so Docker takes it for an image: did you mean `build`?"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -14,6 +14,7 @@ use parse_dockerfile::Instruction;
 mod args;
 mod graph;
 mod heredoc;
+mod lint;
 mod mounts;
 mod walk;
 

@@ -14,6 +14,13 @@ use super::load::load;
 pub(super) fn check(args: &CheckArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let packages = load(&args.select).map_err(Failure::config)?;
     for package in packages {
+        for warning in package.graph.lint_stage_names() {
+            reporter.warning(&format!(
+                "package `{}`: `{}`: {warning}",
+                package.config.package,
+                package.config.dockerfile.display()
+            ));
+        }
         for mount in &package.mounts {
             if let Some(warning) = mount.secret_warning(&package.graph) {
                 reporter.warning(&warning);

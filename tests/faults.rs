@@ -508,6 +508,73 @@ fn a_cache_that_was_imported_yet_missed_is_a_warning() {
 }
 
 #[test]
+fn a_miss_that_follows_from_a_changed_input_is_no_silent_miss() {
+    let Some(tools) = testbed::require() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    // A runtime stage of one step that copies the binary from the context (built outside the
+    // image), and its cache.
+    let dir = testbed::temp_dir("context-miss").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"svc\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"lib.rs\"\n\n[package.metadata.docker]\nimage = \"{}/acme/svc\"\nnetwork = \"none\"\nstages = {{ runtime = \"dev\" }}\n",
+            registry.addr()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib.rs"), "").unwrap();
+    std::fs::write(dir.join("app"), "version 1\n").unwrap();
+    std::fs::copy(&tools.busybox, dir.join("busybox")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch AS toolchain\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nFROM toolchain AS runtime\nCOPY app /usr/local/bin/app\n",
+    )
+    .unwrap();
+    let manifest = dir.join("Cargo.toml");
+    let path = manifest.to_str().unwrap();
+    let first = tools.engine().unwrap();
+    tool(
+        &tools.cli28,
+        &first,
+        &["build", "--manifest-path", path, "--push"],
+    )
+    .assert_ok();
+    first.stop();
+
+    // The binary changes: the runtime stage's one step misses, as it must.
+    edit(&dir.join("app"), "version 1", "version 2");
+    let agent = tools.engine().unwrap();
+    let run = tool(
+        &tools.cli28,
+        &agent,
+        &["build", "--manifest-path", path, "--message-format", "json"],
+    );
+    run.assert_ok();
+    assert_eq!(run.cached("svc", "runtime"), (0, 1), "{}", run.stderr);
+    assert_eq!(run.cached("svc", "toolchain"), (2, 2), "{}", run.stderr);
+    let finished = events(&run).pop().unwrap();
+    let runtime = finished["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "runtime")
+        .unwrap()
+        .clone();
+    assert!(
+        runtime["cache_sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str() == Some(&format!("{}/acme/svc:dev", registry.addr()))),
+        "the runtime stage's cache was not imported, so nothing was tested: {runtime}"
+    );
+    assert!(!run.stderr.contains("warning:"), "{}", run.stderr);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn the_first_failure_stops_the_other_running_builds() {
     let Some(tools) = testbed::require() else {
         return;

@@ -172,7 +172,7 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
             if !warned.contains(&(step.package.clone(), stage.clone())) {
                 warned.push((step.package.clone(), stage.clone()));
                 out.push(format!(
-                    "stage `{stage}` of package `{}` imported its cache `{source}`, yet none of its {} steps came from it\nnote: the usual causes: a changed base image, changed build args, a changed file early in the stage, a different platform, or an engine's cache bug",
+                    "stage `{stage}` of package `{}` imported its cache `{source}`, yet none of its {} steps came from it\nnote: the usual causes: a changed base image, changed build args, a different platform, or an engine's cache bug",
                     step.package,
                     steps.len()
                 ));

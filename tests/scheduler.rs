@@ -397,6 +397,65 @@ fn a_step_that_ran_pulls_the_old_image_during_the_final_build_and_rebuilds_after
         .is_some());
 }
 
+#[test]
+fn the_built_line_the_json_and_the_table_count_a_stage_alike() {
+    let fake = Fake::new();
+    // A cold registry: the stage build runs beside the final build and runs `compile`'s steps,
+    // which the final build then shows as cached.
+    fake.build(
+        "compile",
+        "#5 [toolchain 1/1] COPY busybox /bin/busybox\n#5 CACHED\n#6 [compile 1/2] COPY src ./src\n#6 DONE 0.1s\n#7 [compile 2/2] RUN make\n#7 DONE 0.1s\n",
+        0,
+    );
+    fake.build(
+        "runtime",
+        &final_build_output("CACHED").replace("#8 CACHED", "#8 DONE 0.0s"),
+        0,
+    );
+    let run = fake.run(&[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let finished = run.events.last().unwrap();
+    let table: Vec<(String, u64, u64)> = finished["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let stage = s["stage"].as_str().unwrap().to_string();
+            (
+                stage,
+                s["cached"].as_u64().unwrap(),
+                s["steps"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let row = |stage: &str| table.iter().find(|r| r.0 == stage).cloned().unwrap();
+    assert_eq!(row("runtime"), ("runtime".into(), 0, 1), "{table:?}");
+    assert_eq!(row("compile"), ("compile".into(), 0, 2), "{table:?}");
+    for stage in ["runtime", "compile"] {
+        let (_, cached, steps) = row(stage);
+        let event = run.finished("build", stage).unwrap();
+        assert_eq!(
+            (event["cached"].as_u64(), event["steps"].as_u64()),
+            (Some(cached), Some(steps)),
+            "{event}"
+        );
+        let line = format!("Built svc stage `{stage}` in ");
+        let built = run.stderr.lines().find(|l| l.contains(&line)).unwrap();
+        assert!(
+            built.ends_with(&format!("({cached}/{steps} steps cached)")),
+            "{built}"
+        );
+        // The summary table of stderr says the same.
+        let summary = run
+            .stderr
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cells| cells.len() >= 3 && cells[0] == "svc" && cells[1] == stage)
+            .unwrap();
+        assert_eq!(summary[2], format!("{cached}/{steps}"), "{}", run.stderr);
+    }
+}
+
 /// The images of the `Pushing` and of the `Pushed` status lines, in order.
 fn push_lines(stderr: &str) -> (Vec<&str>, Vec<&str>) {
     let images = |verb: &str| {

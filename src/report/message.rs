@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use crate::exec::{Outcome, StepResult, Verdict};
 use crate::plan::{Action, MountKind, Plan, PullWhen, Role, Step};
-use crate::progress::BuildProgress;
 
 use super::stages::StageReport;
 use super::time::{rfc3339, round};
@@ -244,9 +243,14 @@ pub struct StepFinished<'a> {
 }
 
 impl<'a> StepFinished<'a> {
-    /// The event for `step`, which ended with `result`.
-    pub fn new(plan: &'a Plan, step: &'a Step, result: &'a StepResult) -> StepFinished<'a> {
-        let progress = result.progress.as_ref();
+    /// The event for `step`, which ended with `result`; a build's `counts` are its stage's
+    /// `(cached, steps)` as the `Built` line and the table count them.
+    pub fn new(
+        plan: &'a Plan,
+        step: &'a Step,
+        result: &'a StepResult,
+        counts: Option<(usize, usize)>,
+    ) -> StepFinished<'a> {
         StepFinished {
             id: step.id,
             kind: kind(&step.action),
@@ -266,8 +270,8 @@ impl<'a> StepFinished<'a> {
             seconds: round(result.seconds),
             start: rfc3339(result.started),
             end: rfc3339(result.ended),
-            steps: progress.map(BuildProgress::step_count),
-            cached: progress.map(BuildProgress::cached),
+            steps: counts.map(|(_, steps)| steps),
+            cached: counts.map(|(cached, _)| cached),
             image: match &step.action {
                 Action::Push(p) => Some(&p.image),
                 Action::Pull(p) => Some(&p.image),

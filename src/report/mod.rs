@@ -45,6 +45,8 @@ pub struct Reporter {
     fresh: Mutex<BTreeSet<String>>,
     /// Cache sources whose import was already reported.
     imports: Mutex<BTreeSet<String>>,
+    /// The steps of the builds finished so far, counted as the table counts them.
+    tally: Mutex<stages::Tally>,
 }
 
 /// The live lines of running steps (indicatif), on a terminal only: CI logs get plain lines.
@@ -72,6 +74,7 @@ impl Reporter {
             live,
             fresh: Mutex::default(),
             imports: Mutex::default(),
+            tally: Mutex::default(),
         }
     }
 
@@ -301,18 +304,23 @@ impl Listener for Reporter {
     fn finished(&self, plan: &Plan, step: &Step, result: &StepResult) {
         self.live_ended(step.id);
         let quiet = self.is_fresh(&step.package);
+        // The built stage's own steps, over the builds of the run so far: what its row of the
+        // table says (the other stages a build has get rows of their own).
+        let counts = match (&step.action, &result.progress) {
+            (Action::Build(b), Some(progress)) => self.tally.lock().ok().map(|mut tally| {
+                tally.add_build(&step.package, &b.stage, progress);
+                tally.counts(&step.package, &b.stage)
+            }),
+            _ => None,
+        };
         match &result.outcome {
             _ if quiet => {}
-            Outcome::Done => match (&step.action, &result.progress) {
-                (Action::Build(b), Some(p)) => self.status(
+            Outcome::Done => match (&step.action, counts) {
+                (Action::Build(b), Some((cached, steps))) => self.status(
                     "Built",
                     &format!(
-                        "{} stage `{}` in {:.1}s ({}/{} steps cached)",
-                        step.package,
-                        b.stage,
-                        result.seconds,
-                        p.cached(),
-                        p.step_count()
+                        "{} stage `{}` in {:.1}s ({cached}/{steps} steps cached)",
+                        step.package, b.stage, result.seconds,
                     ),
                 ),
                 // Every push that succeeded, final tags' included: `Pushing` alone would leave
@@ -361,7 +369,7 @@ impl Listener for Reporter {
         if !quiet {
             self.report_imports(result);
         }
-        self.event(&message::StepFinished::new(plan, step, result));
+        self.event(&message::StepFinished::new(plan, step, result, counts));
     }
 
     fn checked(&self, package: &str, verdict: &Verdict) {

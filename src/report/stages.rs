@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::exec::{Outcome, RunResult};
 use crate::plan::{Action, MountKind, Plan};
-use crate::progress::StepReport;
+use crate::progress::{BuildProgress, StepReport};
 
 /// Per package and stage: Dockerfile steps, how many came from the cache, seconds of the steps.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,15 +26,24 @@ pub struct StageReport {
     pub pushed: Vec<String>,
 }
 
-/// Adds up the builds of a run per package and stage. A step that several builds report (the
-/// final build ran it, the stage's own build then found it in the engine's cache) counts once:
-/// as run if any build ran it.
-pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
-    /// A stage's report, and its steps by name: (came from a cache in every build, seconds).
-    type Acc = (StageReport, BTreeMap<String, (bool, f64)>);
-    let mut stages: Vec<Acc> = Vec::new();
-    fn entry<'a>(stages: &'a mut Vec<Acc>, package: &str, stage: &str) -> &'a mut Acc {
-        let i = match stages
+/// A stage's steps and how many came from a cache, by the one definition every count the
+/// tool prints uses (the `Built` line, the table, the JSON events): the Dockerfile steps of
+/// that stage (its own instructions, `FROM` included), each counted once however many builds
+/// of the run had it, and cached when it came from a cache in every build that had it. A step
+/// that several builds report (the final build ran it, the stage's own build then found it in
+/// the engine's cache) so counts once, as run.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    stages: Vec<Counted>,
+}
+
+/// A stage's report, and its steps by name: (came from a cache in every build, seconds).
+type Counted = (StageReport, BTreeMap<String, (bool, f64)>);
+
+impl Tally {
+    fn entry(&mut self, package: &str, stage: &str) -> &mut Counted {
+        let i = match self
+            .stages
             .iter()
             .position(|(r, _)| r.package == package && r.stage == stage)
         {
@@ -45,12 +54,60 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
                     stage: stage.into(),
                     ..StageReport::default()
                 };
-                stages.push((report, BTreeMap::new()));
-                stages.len() - 1
+                self.stages.push((report, BTreeMap::new()));
+                self.stages.len() - 1
             }
         };
-        &mut stages[i]
+        &mut self.stages[i]
     }
+
+    /// Adds what a build of `package` whose `--target` is `build_stage` reported.
+    pub fn add_build(&mut self, package: &str, build_stage: &str, progress: &BuildProgress) {
+        let imported = progress.imported();
+        for s in progress.steps() {
+            let (report, steps) = self.entry(package, s.stage_or(build_stage));
+            for source in &imported {
+                if !report.cache_sources.contains(source) {
+                    report.cache_sources.push(source.clone());
+                }
+            }
+            let seen = steps.entry(s.name).or_insert((true, 0.0));
+            seen.0 &= s.cached;
+            seen.1 = seen.1.max(s.seconds);
+        }
+    }
+
+    /// `(cached, steps)` of `stage` of `package` in the builds added so far.
+    pub fn counts(&self, package: &str, stage: &str) -> (usize, usize) {
+        self.stages
+            .iter()
+            .find(|(r, _)| r.package == package && r.stage == stage)
+            .map_or((0, 0), |(_, steps)| {
+                (
+                    steps.values().filter(|(cached, _)| *cached).count(),
+                    steps.len(),
+                )
+            })
+    }
+
+    /// The reports, each stage's counts filled in.
+    fn reports(self) -> Vec<StageReport> {
+        self.stages
+            .into_iter()
+            .map(|(mut report, steps)| {
+                report.steps = steps.len();
+                report.cached = steps.values().filter(|(cached, _)| *cached).count();
+                // From +0.0: an empty f64 sum is -0.0, which prints as `-0.0s`.
+                report.seconds = steps.values().fold(0.0, |sum, (_, s)| sum + s);
+                report
+            })
+            .collect()
+    }
+}
+
+/// Adds up the builds of a run per package and stage (see [`Tally`] for how steps count).
+pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
+    let mut tally = Tally::default();
     let fresh = fresh_packages(run);
     for step in &plan.steps {
         let Some(result) = run.get(step.id) else {
@@ -61,21 +118,8 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
         }
         match &step.action {
             Action::Build(build) => {
-                let Some(progress) = &result.progress else {
-                    continue;
-                };
-                let imported = progress.imported();
-                for s in progress.steps() {
-                    let (report, steps) =
-                        entry(&mut stages, &step.package, s.stage_or(&build.stage));
-                    for source in &imported {
-                        if !report.cache_sources.contains(source) {
-                            report.cache_sources.push(source.clone());
-                        }
-                    }
-                    let seen = steps.entry(s.name).or_insert((true, 0.0));
-                    seen.0 &= s.cached;
-                    seen.1 = seen.1.max(s.seconds);
+                if let Some(progress) = &result.progress {
+                    tally.add_build(&step.package, &build.stage, progress);
                 }
             }
             // Pushes belong to the stage whose build made them.
@@ -91,21 +135,12 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
                     (Outcome::Warning(_), _) => format!("{image} (not pushed)"),
                     (Outcome::Failed(_), _) => format!("{image} (failed)"),
                 };
-                entry(&mut stages, &step.package, stage).0.pushed.push(text);
+                tally.entry(&step.package, stage).0.pushed.push(text);
             }
             Action::Pull(_) | Action::Inspect(_) | Action::Mark { .. } | Action::Mount(_) => {}
         }
     }
-    stages
-        .into_iter()
-        .map(|(mut report, steps)| {
-            report.steps = steps.len();
-            report.cached = steps.values().filter(|(cached, _)| *cached).count();
-            // From +0.0: an empty f64 sum is -0.0, which prints as `-0.0s`.
-            report.seconds = steps.values().fold(0.0, |sum, (_, s)| sum + s);
-            report
-        })
-        .collect()
+    tally.reports()
 }
 
 /// The packages whose registry check found their very build in the registry: nothing of them
@@ -291,8 +326,46 @@ pub fn mount_reports(plan: &Plan, run: &RunResult) -> Vec<MountReport> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::expected_miss;
+    use super::{expected_miss, Tally};
     use crate::progress::{BuildProgress, StepReport};
+
+    fn progress(output: &str) -> BuildProgress {
+        let mut progress = BuildProgress::default();
+        for line in output.lines() {
+            progress.feed(line);
+        }
+        progress
+    }
+
+    #[test]
+    fn a_stage_counts_its_own_steps_once_and_a_step_any_build_ran_as_run() {
+        // The final build found `compile`'s steps done by the stage build beside it: 3 of its
+        // 4 steps "cached", which is no count of any stage.
+        let runtime = progress(
+            "#5 [toolchain 1/1] COPY busybox /bin/busybox\n#5 CACHED\n#6 [compile 1/2] COPY src ./src\n#6 CACHED\n#7 [compile 2/2] RUN make\n#7 CACHED\n#8 [runtime 1/1] COPY --from=compile /out /out\n#8 DONE 0.0s\n",
+        );
+        let compile = progress(
+            "#5 [toolchain 1/1] COPY busybox /bin/busybox\n#5 CACHED\n#6 [compile 1/2] COPY src ./src\n#6 DONE 0.1s\n#7 [compile 2/2] RUN make\n#7 DONE 1.0s\n",
+        );
+        let mut tally = Tally::default();
+        tally.add_build("svc", "runtime", &runtime);
+        assert_eq!(tally.counts("svc", "runtime"), (0, 1));
+        assert_eq!(tally.counts("svc", "compile"), (2, 2));
+        tally.add_build("svc", "compile", &compile);
+        assert_eq!(tally.counts("svc", "compile"), (0, 2));
+        assert_eq!(tally.counts("svc", "toolchain"), (1, 1));
+        assert_eq!(tally.counts("svc", "runtime"), (0, 1));
+        assert_eq!(tally.counts("other", "runtime"), (0, 0));
+        let reports = tally.reports();
+        let rows: Vec<(&str, usize, usize)> = reports
+            .iter()
+            .map(|r| (r.stage.as_str(), r.cached, r.steps))
+            .collect();
+        assert_eq!(
+            rows,
+            [("toolchain", 1, 1), ("compile", 0, 2), ("runtime", 0, 1)]
+        );
+    }
 
     /// The steps of `stage` in BuildKit's plain `output`.
     fn steps(output: &str, stage: &str) -> Vec<StepReport> {

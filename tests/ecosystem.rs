@@ -412,3 +412,38 @@ fn check_warns_of_a_name_that_looks_like_a_misspelt_stage() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn help_says_what_runs_and_pulls_only_where_asked() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Nothing is pulled unless `--pull-cache always` asks, so what the commands say they do
+    // (the list of commands, and `build`'s first line) says nothing of pulling.
+    let docker = help(&["docker"]);
+    let commands: Vec<&str> = docker
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .any(|l| l.trim_start().starts_with("build ")),
+        "{docker}"
+    );
+    let build = help(&["docker", "build"]);
+    let about = build.lines().next().unwrap_or_default();
+    for line in commands.iter().chain([&about]) {
+        assert!(
+            !line.to_lowercase().contains("pull"),
+            "claims a pull: {line}"
+        );
+    }
+}

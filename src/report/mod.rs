@@ -2,8 +2,8 @@
 //! JSON events (`--message-format json`), and the summary at the end of a run. Every line the
 //! tool prints goes through the [`Reporter`].
 //!
-//! The rooms: [`message`] (the typed JSON events), [`stages`] (what a run did per stage, and
-//! its silent cache misses), [`summary`] (the table), [`time`].
+//! The rooms: [`message`] (the typed JSON events), [`stages`] (what a run did per stage),
+//! [`misses`] (its silent cache misses), [`summary`] (the table), [`time`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -14,12 +14,14 @@ use crate::exec::{Listener, Outcome, StepResult, Verdict};
 use crate::plan::{Action, MountKind, Plan, PushTag, Step};
 
 pub mod message;
+pub mod misses;
 pub mod stages;
 pub mod summary;
 pub mod time;
 
 use message::Message;
-pub use stages::{fresh_packages, mount_reports, silent_misses, stage_reports};
+pub use misses::silent_misses;
+pub use stages::{fresh_packages, mount_reports, stage_reports};
 pub use summary::{mounts_summary, summary};
 
 /// How much to print.

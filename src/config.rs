@@ -44,6 +44,8 @@ pub struct RawConfig {
     pub cache_tag: Option<String>,
     /// The branch whose caches other branches fall back to.
     pub default_branch: Option<String>,
+    /// Let builds of every branch write the tags shared by all branches (and markers).
+    pub trust_all_branches: Option<bool>,
     /// `"required"` or `"best-effort"`: whether a failed cache push fails the run.
     pub push_cache: Option<String>,
     /// buildx's `--provenance`: `true`, `false`, or its own value such as `"mode=max"`.
@@ -148,6 +150,7 @@ pub const KEYS: &[&str] = &[
     "cache",
     "cache-tag",
     "default-branch",
+    "trust-all-branches",
     "push-cache",
     "provenance",
     "sbom",
@@ -217,8 +220,12 @@ pub struct Config {
     pub cache: CacheMode,
     /// The registry cache's tag.
     pub cache_tag: Template,
-    /// The branch other branches' caches fall back to.
-    pub default_branch: String,
+    /// The branch other branches' caches fall back to, when the key names it; else the run
+    /// detects it (the CI, `origin/HEAD`, else `main`).
+    pub default_branch: Option<String>,
+    /// Builds of every branch may write the tags shared by all branches, and markers: the
+    /// team trusts every branch's builds as it trusts the default branch's.
+    pub trust_all_branches: bool,
     /// Whether a failed cache push fails the run.
     pub push_cache: PushCache,
     /// `--provenance`, when set.
@@ -320,6 +327,7 @@ impl RawConfig {
             cache: self.cache.or(d.cache),
             cache_tag: self.cache_tag.or(d.cache_tag),
             default_branch: self.default_branch.or(d.default_branch),
+            trust_all_branches: self.trust_all_branches.or(d.trust_all_branches),
             push_cache: self.push_cache.or(d.push_cache),
             provenance: self.provenance.or(d.provenance),
             sbom: self.sbom.or(d.sbom),
@@ -439,8 +447,11 @@ impl RawConfig {
             Placeholder::FOR_CACHE_TAGS,
         )
         .map_err(|e| anyhow::anyhow!("key `cache-tag`: {e}"))?;
-        let default_branch = self.default_branch.unwrap_or_else(|| "main".to_string());
-        plain_value("default-branch", &default_branch)?;
+        if let Some(default_branch) = &self.default_branch {
+            plain_value("default-branch", default_branch)?;
+        }
+        let default_branch = self.default_branch;
+        let trust_all_branches = self.trust_all_branches.unwrap_or(false);
         let push_cache = match self.push_cache.as_deref() {
             None | Some("required") => PushCache::Required,
             Some("best-effort") => PushCache::BestEffort,
@@ -549,6 +560,7 @@ impl RawConfig {
             cache,
             cache_tag,
             default_branch,
+            trust_all_branches,
             push_cache,
             provenance,
             sbom,
@@ -764,7 +776,8 @@ pub(crate) mod testing {
                 .collect(),
             cache: CacheMode::Inline,
             cache_tag: template("buildcache", Placeholder::FOR_CACHE_TAGS),
-            default_branch: "main".into(),
+            default_branch: None,
+            trust_all_branches: false,
             push_cache: PushCache::Required,
             provenance: None,
             sbom: None,

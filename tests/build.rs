@@ -207,19 +207,21 @@ fn preflight_names_a_dead_daemon_and_a_missing_cli() {
 #[test]
 fn dry_run_prints_the_plan_and_needs_no_engine() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/Cargo.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
-        .args([
-            "docker",
-            "build",
-            "--dry-run",
-            "--push",
-            "--manifest-path",
-            manifest.to_str().unwrap(),
-        ])
-        .env("DOCKER", "/nonexistent/docker")
-        .env("DOCKER_HOST", "unix:///nonexistent.sock")
-        .output()
-        .unwrap();
+    let out = support::on_default_branch(&mut std::process::Command::new(env!(
+        "CARGO_BIN_EXE_xtask-docker"
+    )))
+    .args([
+        "docker",
+        "build",
+        "--dry-run",
+        "--push",
+        "--manifest-path",
+        manifest.to_str().unwrap(),
+    ])
+    .env("DOCKER", "/nonexistent/docker")
+    .env("DOCKER_HOST", "unix:///nonexistent.sock")
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -312,20 +314,22 @@ fn preflight_names_a_missing_buildx_plugin_and_podman() {
 #[test]
 fn the_plan_event_lists_every_step_with_its_argv() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/Cargo.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
-        .args([
-            "docker",
-            "build",
-            "--dry-run",
-            "--push",
-            "--message-format",
-            "json",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env("DOCKER", "docker")
-        .output()
-        .unwrap();
+    let out = support::on_default_branch(&mut std::process::Command::new(env!(
+        "CARGO_BIN_EXE_xtask-docker"
+    )))
+    .args([
+        "docker",
+        "build",
+        "--dry-run",
+        "--push",
+        "--message-format",
+        "json",
+        "--manifest-path",
+    ])
+    .arg(&manifest)
+    .env("DOCKER", "docker")
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

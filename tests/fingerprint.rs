@@ -50,7 +50,7 @@ const CASES: [(&str, &[&str]); 12] = [
 
 /// The marker tag a dry run prints for the package in `dir`.
 fn marker(dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask-docker"))
+    let out = support::on_default_branch(&mut Command::new(env!("CARGO_BIN_EXE_xtask-docker")))
         .args(["docker", "build", "--dry-run", "--push", "--manifest-path"])
         .arg(dir.join("Cargo.toml"))
         .output()

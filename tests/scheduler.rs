@@ -200,6 +200,20 @@ impl Fake {
             .env("FAKE_DIR", &self.dir)
             .env_remove("CI")
             .stdin(Stdio::null());
+        // A build of the default branch, which writes the shared tags and the marker: the
+        // fixture is no git checkout, and a build without a branch writes neither.
+        for name in [
+            "GITHUB_HEAD_REF",
+            "GITHUB_REF_NAME",
+            "BUILDKITE_BRANCH",
+            "CIRCLE_BRANCH",
+            "CI_DEFAULT_BRANCH",
+            "BUILDKITE_PIPELINE_DEFAULT_BRANCH",
+            "GITHUB_EVENT_PATH",
+        ] {
+            command.env_remove(name);
+        }
+        command.env("CI_COMMIT_REF_NAME", "main");
         command
     }
 

@@ -81,6 +81,7 @@ fn dry(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Dry {
         .args(args)
         .env("DOCKER", "docker")
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    support::on_default_branch(&mut command);
     for (name, _) in std::env::vars() {
         if name.starts_with("BUILDX_")
             || name.starts_with("BUILDKIT_")

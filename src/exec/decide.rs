@@ -294,6 +294,7 @@ mod tests {
         Inspect {
             image: image.into(),
             role,
+            default_branch: None,
         }
     }
 

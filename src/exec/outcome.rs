@@ -226,6 +226,12 @@ pub(crate) fn inspect(inspect: &Inspect, answer: &Answer) -> Outcome {
         (Role::Written, Err(e)) => Outcome::Warning(format!(
             "the registry cache `{image}` could not be checked: {e}"
         )),
+        // A registry that does not answer says so in the build; only a missing cache of the
+        // default branch's is told here, with the default branch the run took.
+        (Role::Fallback, Ok(None)) => Outcome::Warning(format!(
+            "no cache yet on the default branch: `{image}`, the default branch's tag that this branch falls back to, is not in the registry\nnote: the default branch was taken to be {}; if it is another, set `default-branch`",
+            inspect.default_branch.as_deref().unwrap_or("`main`")
+        )),
         _ => Outcome::Done,
     }
 }
@@ -306,6 +312,7 @@ mod tests {
         let written = Inspect {
             image: "r/x:cache".into(),
             role: Role::Written,
+            default_branch: None,
         };
         assert_eq!(
             inspect(&written, &Ok(Some(Default::default()))),
@@ -319,6 +326,33 @@ mod tests {
             ..written
         };
         assert_eq!(inspect(&marker, &Ok(None)), Outcome::Done, "answered");
+    }
+
+    #[test]
+    fn a_missing_cache_of_the_default_branch_names_the_branch_taken() {
+        let fallback = Inspect {
+            image: "r/x:compile-main".into(),
+            role: Role::Fallback,
+            default_branch: Some("`main` (from `origin/HEAD`)".into()),
+        };
+        let Outcome::Warning(warning) = inspect(&fallback, &Ok(None)) else {
+            panic!("a warning")
+        };
+        assert!(
+            warning.contains("`r/x:compile-main`")
+                && warning.contains("default branch was taken to be `main` (from `origin/HEAD`)")
+                && warning.contains("`default-branch`"),
+            "{warning}"
+        );
+        assert_eq!(
+            inspect(&fallback, &Ok(Some(Default::default()))),
+            Outcome::Done
+        );
+        assert_eq!(
+            inspect(&fallback, &Err("connection refused".into())),
+            Outcome::Done,
+            "the build says what is wrong with the registry"
+        );
     }
 
     #[test]

@@ -6,18 +6,20 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 
 use super::{
-    add_attestations, cache_refs, chain, common, final_images, runs, Action, Build, CacheRefs,
-    Input, Options, Plan, Pull, PullWhen, Push, PushTag, Role,
+    add_attestations, chain, common, final_images, runs, Action, Boundary, Build, CacheRefs, Input,
+    Options, Plan, Pull, PullWhen, Push, PushTag, Role,
 };
 use crate::config::PushCache;
 
 /// Plans the steps of `input` into `plan`.
-/// Every build also waits for `restores` (of the package's travelling cache mounts).
+/// Every build also waits for `restores` (of the package's travelling cache mounts); no build
+/// writes a tag that `boundary` keeps the run from writing.
 pub(super) fn plan(
     plan: &mut Plan,
     input: &Input,
     options: &Options,
     restores: &[usize],
+    boundary: &Boundary,
 ) -> anyhow::Result<()> {
     let package = &input.package;
     let config = &package.config;
@@ -27,18 +29,15 @@ pub(super) fn plan(
         .cached
         .iter()
         .map(|(&stage, template)| {
-            cache_refs(
-                template,
-                &config.cache_image,
-                &input.vars,
-                &config.default_branch,
-            )
-            .map(|r| (stage, r))
-            .map_err(|e| anyhow::anyhow!(e))
-            .with_context(|| format!("package `{name}`, stage `{}`", package.graph.name(stage)))
+            boundary
+                .refs(template, &config.cache_image, &input.vars)
+                .map(|r| (stage, r))
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("package `{name}`, stage `{}`", package.graph.name(stage)))
         })
         .collect::<anyhow::Result<_>>()?;
-    let finals = final_images(input, options)?;
+    let mut finals = final_images(input, options)?;
+    finals.retain(|f| boundary.allows(f));
     let common = common(input, options);
     let buildx = options.builder.is_some();
     let push_cache = options.push != Push::Nothing;
@@ -91,6 +90,23 @@ pub(super) fn plan(
         if (build_may_skip(stage) || push_may_skip) && !questions.contains_key(image) {
             let id = plan.inspect(name, docker, image, Role::Cache, vec![]);
             questions.insert(image.clone(), id);
+        }
+    }
+    // The default branch's caches that a build of another branch falls back to: a missing
+    // one is warned of as the default branch's.
+    if push_cache {
+        let mut asked = Vec::new();
+        for template in package.cached.values() {
+            let Some(image) = boundary.fallback(template, &config.cache_image, &input.vars) else {
+                continue;
+            };
+            if !asked.contains(&image) {
+                let id = plan.inspect(name, docker, &image, Role::Fallback, vec![]);
+                if let Action::Inspect(inspect) = &mut plan.steps[id].action {
+                    inspect.default_branch = Some(boundary.default.describe());
+                }
+                asked.push(image);
+            }
         }
     }
     let mut final_build = None;

@@ -19,12 +19,14 @@ use std::collections::BTreeMap;
 use crate::package::Package;
 use crate::template::{Placeholder, Template, Vars};
 
+mod boundary;
 mod inline;
 mod marker;
 mod mounts;
 mod registry;
 mod shell;
 
+pub use boundary::Boundary;
 pub use marker::may_skip;
 pub use mounts::{printed_size, MountKind, MountStep};
 
@@ -115,6 +117,10 @@ pub struct Options {
     pub run_id: String,
     /// What builds (the engine, the builder, the CLI's environment).
     pub facts: Facts,
+    /// The default branch as the run detected it (a package's `default-branch` key wins).
+    pub default_branch: crate::git::DefaultBranch,
+    /// Why `{branch}` has no value, when the packages' vars have no branch.
+    pub no_branch: Option<crate::git::NoBranch>,
 }
 
 #[cfg(test)]
@@ -134,6 +140,8 @@ impl Options {
             tags: Vec::new(),
             run_id: "run".into(),
             facts: Facts::default(),
+            default_branch: crate::git::DefaultBranch::assumed(),
+            no_branch: None,
         }
     }
 }
@@ -180,6 +188,9 @@ pub struct Inspect {
     pub image: String,
     /// What the answer decides.
     pub role: Role,
+    /// For a [`Role::Fallback`] question: the default branch and where its name came from, as
+    /// the warning about a missing cache says it (display only).
+    pub default_branch: Option<String>,
 }
 
 /// What the answer of an [`Inspect`] decides.
@@ -200,6 +211,10 @@ pub enum Role {
     /// After a best-effort registry cache export (`ignore-error=true` hides a failed one):
     /// whether the cache was written.
     Written,
+    /// The default branch's cache that a build of another branch falls back to: decides
+    /// nothing, but a missing one is warned of as the default branch's (a wrong default branch
+    /// reads a cache that never exists).
+    Fallback,
 }
 
 impl Role {
@@ -339,6 +354,9 @@ impl Step {
 pub struct Plan {
     /// The steps, in an order that satisfies `after`.
     pub steps: Vec<Step>,
+    /// Warnings about what the plan leaves out, `(package, message)`: the tags its branch
+    /// boundary keeps it from writing (see `boundary`).
+    pub warnings: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -415,6 +433,7 @@ impl Plan {
         let action = Action::Inspect(Inspect {
             image: image.to_string(),
             role,
+            default_branch: None,
         });
         self.add(package, action, docker, args, vec![], after)
     }
@@ -428,7 +447,7 @@ impl Plan {
             .into_iter()
             .map(|mut step| {
                 step.id += offset;
-                let waits = !matches!(&step.action, Action::Inspect(i) if i.role == Role::Cache);
+                let waits = !matches!(&step.action, Action::Inspect(i) if matches!(i.role, Role::Cache | Role::Fallback));
                 step.after = before
                     .iter()
                     .copied()
@@ -490,18 +509,33 @@ pub fn cache_refs(
 pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
     for input in inputs {
+        let boundary = Boundary::of(&input.package, &input.vars, options)?;
+        let name = &input.package.config.package;
+        for warning in boundary::warnings(
+            &input.package,
+            &input.vars,
+            options,
+            &boundary,
+            &final_images(input, options)?,
+        ) {
+            plan.warnings.push((name.clone(), warning));
+        }
         let mut steps = Plan::default();
-        let restores = mounts::restores(&mut steps, input, options)?;
+        let restores = mounts::restores(&mut steps, input, options, &boundary)?;
         match input.package.config.cache {
             crate::config::CacheMode::Inline => {
-                inline::plan(&mut steps, input, options, &restores)?
+                inline::plan(&mut steps, input, options, &restores, &boundary)?
             }
             crate::config::CacheMode::Registry => {
-                registry::plan(&mut steps, input, options, &restores)?
+                registry::plan(&mut steps, input, options, &restores, &boundary)?
             }
         }
-        mounts::exports(&mut steps, input, options)?;
-        match marker::marker(input, options, &steps) {
+        mounts::exports(&mut steps, input, options, &boundary)?;
+        let marker = match boundary.writes_markers() {
+            true => marker::marker(input, options, &steps),
+            false => None,
+        };
+        match marker {
             Some(marker) => marker::append_marked(&mut plan, steps, input, options, &marker),
             None => {
                 plan.append(steps, &[]);
@@ -509,6 +543,12 @@ pub fn plan(inputs: &[Input], options: &Options) -> anyhow::Result<Plan> {
         }
     }
     Ok(plan)
+}
+
+/// Whether a run with `options` asks the registry whether it holds `package`'s build (and so
+/// needs its fingerprint): it may skip (see [`may_skip`]), and writes markers there.
+pub fn checks_registry(package: &Package, vars: &Vars, options: &Options) -> bool {
+    may_skip(options) && Boundary::of(package, vars, options).is_ok_and(|b| b.writes_markers())
 }
 
 /// The final tags of a package: its own, then the command line's.

@@ -15,7 +15,7 @@
 //! step from its cache: the mount's content is not part of the step's cache key.
 
 use super::shell::quote;
-use super::{cache_refs, Action, Input, Options, Plan, Push};
+use super::{Action, Boundary, Input, Options, Plan, Push};
 use crate::config::PushCache;
 use crate::package::TravellingMount;
 
@@ -57,6 +57,7 @@ pub(super) fn restores(
     plan: &mut Plan,
     input: &Input,
     options: &Options,
+    boundary: &Boundary,
 ) -> anyhow::Result<Vec<usize>> {
     let package = &input.package;
     let config = &package.config;
@@ -67,7 +68,7 @@ pub(super) fn restores(
     }
     let mut restores = Vec::new();
     for mount in &package.mounts {
-        let refs = refs(input, mount)?;
+        let refs = refs(input, mount, boundary)?;
         let mut earlier: Vec<usize> = Vec::new();
         for image in &refs.read {
             let asked = plan.inspect(name, &options.docker, image, super::Role::Cache, vec![]);
@@ -93,8 +94,13 @@ pub(super) fn restores(
 }
 
 /// The exports of `input`'s travelling mounts and their pushes, after every build planned so
-/// far; only where the run writes caches.
-pub(super) fn exports(plan: &mut Plan, input: &Input, options: &Options) -> anyhow::Result<()> {
+/// far; only where the run writes caches, and only under a tag `boundary` lets it write.
+pub(super) fn exports(
+    plan: &mut Plan,
+    input: &Input,
+    options: &Options,
+    boundary: &Boundary,
+) -> anyhow::Result<()> {
     let package = &input.package;
     let config = &package.config;
     let name = &config.package;
@@ -109,8 +115,9 @@ pub(super) fn exports(plan: &mut Plan, input: &Input, options: &Options) -> anyh
         .collect();
     let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
     for mount in &package.mounts {
-        let Some(image) = refs(input, mount)?.write else {
-            // A branch-scoped tag without a branch (a detached HEAD) is not written.
+        let Some(image) = refs(input, mount, boundary)?.write else {
+            // A branch-scoped tag without a branch (a detached HEAD) is not written, nor a
+            // tag the default branch reads, on another branch.
             continue;
         };
         let step = |kind| MountStep {
@@ -156,23 +163,23 @@ pub(super) fn exports(plan: &mut Plan, input: &Input, options: &Options) -> anyh
     Ok(())
 }
 
-/// The refs of `mount`'s image: written under the current branch, read from it and then
-/// from the default branch.
-fn refs(input: &Input, mount: &TravellingMount) -> anyhow::Result<super::CacheRefs> {
+/// The refs of `mount`'s image: written under the current branch (where the boundary lets
+/// it), read from it and then from the default branch.
+fn refs(
+    input: &Input,
+    mount: &TravellingMount,
+    boundary: &Boundary,
+) -> anyhow::Result<super::CacheRefs> {
     let config = &input.package.config;
-    cache_refs(
-        &mount.tag,
-        &config.cache_image,
-        &input.vars,
-        &config.default_branch,
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "package `{}`, cache mount `{}`: {e}",
-            config.package,
-            mount.id
-        )
-    })
+    boundary
+        .refs(&mount.tag, &config.cache_image, &input.vars)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "package `{}`, cache mount `{}`: {e}",
+                config.package,
+                mount.id
+            )
+        })
 }
 
 fn uses(input: &Input, mount: &TravellingMount) -> Vec<(String, String)> {

@@ -2,30 +2,38 @@
 //! and writes one cache manifest holding every stage's layers.
 
 use super::{
-    add_attestations, cache_refs, chain, common, final_images, runs, Action, Build, Input, Options,
+    add_attestations, chain, common, final_images, runs, Action, Boundary, Build, Input, Options,
     Plan, Push, Role,
 };
 use crate::config::PushCache;
 
 /// Plans the steps of `input` into `plan`.
-/// The build also waits for `restores` (of the package's travelling cache mounts).
+/// The build also waits for `restores` (of the package's travelling cache mounts); it exports
+/// the cache and pushes final tags only where `boundary` lets the run write them.
 pub(super) fn plan(
     plan: &mut Plan,
     input: &Input,
     options: &Options,
     restores: &[usize],
+    boundary: &Boundary,
 ) -> anyhow::Result<()> {
     let package = &input.package;
     let config = &package.config;
     let name = &config.package;
-    let refs = cache_refs(
-        &config.cache_tag,
-        &config.cache_image,
-        &input.vars,
-        &config.default_branch,
-    )
-    .map_err(|e| anyhow::anyhow!("package `{name}`, key `cache-tag`: {e}"))?;
-    let finals = final_images(input, options)?;
+    let refs = boundary
+        .refs(&config.cache_tag, &config.cache_image, &input.vars)
+        .map_err(|e| anyhow::anyhow!("package `{name}`, key `cache-tag`: {e}"))?;
+    let mut finals = final_images(input, options)?;
+    finals.retain(|f| boundary.allows(f));
+    if options.push != Push::Nothing {
+        if let Some(image) = boundary.fallback(&config.cache_tag, &config.cache_image, &input.vars)
+        {
+            let id = plan.inspect(name, &options.docker, &image, Role::Fallback, vec![]);
+            if let Action::Inspect(inspect) = &mut plan.steps[id].action {
+                inspect.default_branch = Some(boundary.default.describe());
+            }
+        }
+    }
     let common = common(input, options);
     let push_finals = options.push == Push::All;
     let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;

@@ -14,6 +14,13 @@ impl Plan {
             if package != Some(&step.package) {
                 let _ = writeln!(out, "# package `{}`", step.package);
                 package = Some(&step.package);
+                // What the branch boundary leaves out, so that the dry run shows it.
+                for (_, warning) in self.warnings.iter().filter(|(p, _)| *p == step.package) {
+                    for (i, line) in warning.lines().enumerate() {
+                        let lead = if i == 0 { "# warning: " } else { "#   " };
+                        let _ = writeln!(out, "{lead}{line}");
+                    }
+                }
             }
             out.push_str(&step.to_shell());
             out.push('\n');
@@ -44,6 +51,7 @@ impl Step {
                     Role::Export => "the registry cache, which a failed export leaves missing",
                     Role::Cache => "whether the registry holds this cache image decides the skips below",
                     Role::Written => "whether the best-effort cache export wrote the cache",
+                    Role::Fallback => "the default branch's cache, which this branch falls back to: a missing one is warned of",
                 };
                 format!("{line}  # {why}")
             }

@@ -16,12 +16,34 @@ FROM toolchain AS runtime
 COPY --from=compile /out /out
 ";
 
+/// The values of a build of the default branch (`main`, as `Options::new` assumes it).
 fn vars() -> Vars {
     Vars {
         version: "0.3.1".into(),
         git_sha: Some("0123456789abcdef".into()),
-        branch: Some("feature/x".into()),
+        branch: Some("main".into()),
     }
+}
+
+/// A build of the branch `feature/x`.
+fn feature(config: Config, dockerfile: &str) -> Input {
+    on_branch(config, dockerfile, Some("feature/x"))
+}
+
+fn on_branch(config: Config, dockerfile: &str, branch: Option<&str>) -> Input {
+    Input {
+        vars: Vars {
+            branch: branch.map(str::to_string),
+            ..vars()
+        },
+        ..input(config, dockerfile)
+    }
+}
+
+fn feature_shell(config: Config, dockerfile: &str, options: &Options) -> String {
+    plan(&[feature(config, dockerfile)], options)
+        .unwrap()
+        .to_shell()
 }
 
 pub(crate) fn input(config: Config, dockerfile: &str) -> Input {
@@ -94,17 +116,25 @@ fn pulls_first_when_asked_and_pushes_only_when_asked() {
 
 #[test]
 fn branch_caches_fall_back_to_the_default_branch() {
-    let config = config(&[("compile", "compile-{branch}")], &["latest"]);
-    let text = shell(config.clone(), SERVICE, &options(Push::CacheOnly, false));
+    let config = config(
+        &[
+            ("compile", "compile-{branch}"),
+            ("runtime", "runtime-{branch}"),
+        ],
+        &["latest"],
+    );
+    let text = feature_shell(config.clone(), SERVICE, &options(Push::CacheOnly, false));
     expect![[r#"
         # package `service`
-        docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
+        docker manifest inspect -v registry.example/acme/service:runtime-feature-x  # whether the registry holds this cache image decides the skips below
         docker manifest inspect -v registry.example/acme/service:compile-feature-x  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        docker manifest inspect -v registry.example/acme/service:compile-main  # the default branch's cache, which this branch falls back to: a missing one is warned of
+        docker manifest inspect -v registry.example/acme/service:runtime-main  # the default branch's cache, which this branch falls back to: a missing one is warned of
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime-feature-x --cache-from registry.example/acme/service:runtime-main --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:runtime-feature-x --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker pull registry.example/acme/service:compile-feature-x  # only when a step of stages `compile`, `toolchain` ran and the registry holds it: the rebuilt image keeps the cache keys of the steps that came from it (moby/buildkit#1981)
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target compile --cache-from registry.example/acme/service:compile-feature-x --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:compile-feature-x -f /src/service/Dockerfile /src/service  # skipped when nothing in it ran and the registry holds its cache
         docker push registry.example/acme/service:compile-feature-x  # skipped when nothing in it ran and the registry holds it
-        docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+        docker push registry.example/acme/service:runtime-feature-x  # skipped when nothing in it ran and the registry holds it
     "#]]
     .assert_eq(&text);
     assert!(
@@ -136,9 +166,298 @@ fn branch_caches_fall_back_to_the_default_branch() {
         "no branch tag to write, so no stage build:\n{text}"
     );
     assert!(
-        !text.contains("compile-main  #")
-            && !text.contains("push registry.example/acme/service:compile"),
+        !text.contains("push registry.example/acme/service:compile")
+            && !text.contains("push registry.example/acme/service:runtime"),
         "{text}"
+    );
+}
+
+/// Every tag a plan writes to the registry: pushed, exported, or pushed by the build itself.
+fn written(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        match &step.action {
+            Action::Push(p) => out.push(p.image.clone()),
+            Action::Mark { marker } => out.push(marker.clone()),
+            Action::Mount(m) if m.kind != MountKind::Restore => out.push(m.image.clone()),
+            Action::Build(b) => {
+                out.extend(b.exports.clone());
+                if b.pushes {
+                    out.extend(b.writes.clone());
+                    out.extend(b.finals.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every cache ref a plan's builds read.
+fn read(plan: &Plan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .steps
+        .iter()
+        .flat_map(|s| match &s.action {
+            Action::Build(b) => b.reads.clone(),
+            Action::Mount(m) if m.kind == MountKind::Restore => vec![m.image.clone()],
+            _ => vec![],
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+const SHARED: &[(&str, &str)] = &[("compile", "compile"), ("runtime", "dev")];
+
+#[test]
+fn the_default_branch_reads_only_its_own_tags_and_writes_them() {
+    let config = config(
+        &[("compile", "compile-{branch}"), ("runtime", "dev")],
+        &["latest"],
+    );
+    let input = Input {
+        sources: Some("f00d".into()),
+        ..input(config, SERVICE)
+    };
+    let planned = plan(&[input], &options(Push::All, false)).unwrap();
+    assert_eq!(
+        read(&planned),
+        [
+            "registry.example/acme/service:compile-main",
+            "registry.example/acme/service:dev"
+        ],
+        "its own branch's tags and the shared ones, which only it writes"
+    );
+    let writes = written(&planned);
+    assert!(
+        writes.contains(&"registry.example/acme/service:dev".to_string())
+            && writes.contains(&"registry.example/acme/service:compile-main".to_string())
+            && writes.iter().any(|w| w.contains(":inputs-")),
+        "{writes:?}"
+    );
+    assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+    // The default branch named by the key, or detected by the run (here `master`, from
+    // `origin/HEAD`), is the default branch as well.
+    let master = Options {
+        default_branch: crate::git::DefaultBranch {
+            name: "master".into(),
+            source: crate::git::DefaultSource::OriginHead,
+        },
+        ..options(Push::All, false)
+    };
+    let mut keyed = crate::config::testing::config(SHARED, &["latest"]);
+    let on_master = plan(
+        &[on_branch(keyed.clone(), SERVICE, Some("master"))],
+        &master,
+    )
+    .unwrap();
+    assert!(on_master.warnings.is_empty(), "{:?}", on_master.warnings);
+    assert!(written(&on_master).contains(&"registry.example/acme/service:compile".to_string()));
+    keyed.default_branch = Some("trunk".into());
+    let not_default = plan(
+        &[on_branch(keyed.clone(), SERVICE, Some("master"))],
+        &master,
+    )
+    .unwrap();
+    assert!(
+        !written(&not_default).contains(&"registry.example/acme/service:compile".to_string()),
+        "the key wins over the run's detection"
+    );
+    assert!(
+        not_default.warnings[0]
+            .1
+            .contains("`trunk` (from the `default-branch` key)"),
+        "{:?}",
+        not_default.warnings
+    );
+    let on_trunk = plan(&[on_branch(keyed, SERVICE, Some("trunk"))], &master).unwrap();
+    assert!(written(&on_trunk).contains(&"registry.example/acme/service:compile".to_string()));
+}
+
+#[test]
+fn a_feature_branch_writes_only_its_own_tags() {
+    let config = config(SHARED, &["latest"]);
+    let marked = |config: Config| Input {
+        sources: Some("f00d".into()),
+        ..feature(config, SERVICE)
+    };
+    let cache_only = plan(&[marked(config.clone())], &options(Push::CacheOnly, false)).unwrap();
+    expect![[r#"
+        # package `service`
+        # warning: package `service`: this build (branch `feature/x`) does not push `registry.example/acme/service:compile` (stage `compile`), `registry.example/acme/service:dev` (stage `runtime`): the builds of the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) read them, and only they write them
+        #   note: scope each to the branch, so that this branch keeps a cache of its own: `compile = "compile-{branch}"` under `stages`, `runtime = "dev-{branch}"` under `stages`; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section)
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+    "#]]
+    .assert_eq(&cache_only.to_shell());
+    assert!(written(&cache_only).is_empty());
+    // With `--push`: the final tag is published (the job asked for it), but no shared cache
+    // tag, and no marker: the registry check is the default branch's.
+    let all = plan(&[marked(config.clone())], &options(Push::All, false)).unwrap();
+    assert_eq!(written(&all), ["registry.example/acme/service:latest"]);
+    assert!(
+        all.steps.iter().all(|s| !s.is_question()),
+        "{}",
+        all.to_shell()
+    );
+    assert_eq!(all.warnings.len(), 1);
+    // A final tag that is also a tag the default branch reads is not pushed either.
+    let dev = plan(
+        &[marked(crate::config::testing::config(
+            SHARED,
+            &["dev", "latest"],
+        ))],
+        &options(Push::All, false),
+    )
+    .unwrap();
+    assert_eq!(written(&dev), ["registry.example/acme/service:latest"]);
+    assert!(
+        dev.warnings[0]
+            .1
+            .contains("`registry.example/acme/service:dev` (a final tag)"),
+        "{:?}",
+        dev.warnings
+    );
+    // A branch whose name renders a tag into a marker's name writes no marker that way.
+    let forged = crate::config::testing::config(&[("compile", "{branch}")], &["latest"]);
+    let forged = plan(
+        &[on_branch(forged, SERVICE, Some("inputs-2c6dbeacc5728269"))],
+        &options(Push::All, false),
+    )
+    .unwrap();
+    assert!(
+        written(&forged).iter().all(|w| !w.contains(":inputs-")),
+        "{:?}",
+        written(&forged)
+    );
+    // A run that pushes nothing writes nothing to the registry: it tags as before.
+    let local = plan(&[marked(config)], &options(Push::Nothing, false)).unwrap();
+    assert!(local.warnings.is_empty());
+    assert!(local
+        .to_shell()
+        .contains("--tag registry.example/acme/service:compile"));
+}
+
+#[test]
+fn a_detached_head_writes_no_shared_tag_and_no_branch_tag() {
+    let config = config(
+        &[("compile", "compile-{branch}"), ("runtime", "dev")],
+        &["latest"],
+    );
+    let options = Options {
+        no_branch: Some(crate::git::NoBranch::Detached),
+        ..options(Push::All, false)
+    };
+    let detached = Input {
+        sources: Some("f00d".into()),
+        ..on_branch(config.clone(), SERVICE, None)
+    };
+    let planned = plan(&[detached], &options).unwrap();
+    expect![[r##"
+        # package `service`
+        # warning: package `service`: this build (no branch) does not push `registry.example/acme/service:dev` (stage `runtime`): the builds of the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) read it, and only they write it
+        #   note: scope it to the branch, so that this branch keeps a cache of its own: `runtime = "dev-{branch}"` under `stages`; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section)
+        # warning: package `service`: this build has no branch (git is on a detached HEAD, and neither `--branch` nor a CI variable names a branch), so it does not write `registry.example/acme/service:compile-{branch}` (stage `compile`): it is read from the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) only
+        #   note: pass `--branch NAME` to build as a branch, or build from a branch's checkout
+        docker manifest inspect -v registry.example/acme/service:compile-main  # the default branch's cache, which this branch falls back to: a missing one is warned of
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:dev --cache-from registry.example/acme/service:compile-main --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
+        docker push registry.example/acme/service:latest
+    "##]]
+    .assert_eq(&planned.to_shell());
+    let no_commit = Options {
+        no_branch: Some(crate::git::NoBranch::NoCommit),
+        ..options
+    };
+    let planned = plan(&[on_branch(config, SERVICE, None)], &no_commit).unwrap();
+    assert!(
+        planned.warnings[1]
+            .1
+            .contains("git names no commit (not a git checkout, or no commit yet)"),
+        "{:?}",
+        planned.warnings
+    );
+}
+
+#[test]
+fn trust_all_branches_lets_a_feature_branch_write_the_shared_tags() {
+    let mut config = config(SHARED, &["latest"]);
+    config.trust_all_branches = true;
+    let marked = Input {
+        sources: Some("f00d".into()),
+        ..feature(config.clone(), SERVICE)
+    };
+    let planned = plan(&[marked], &options(Push::All, false)).unwrap();
+    let writes = written(&planned);
+    for tag in ["compile", "dev", "latest"] {
+        let image = format!("registry.example/acme/service:{tag}");
+        assert!(writes.contains(&image), "{image}: {writes:?}");
+    }
+    assert!(writes.iter().any(|w| w.contains(":inputs-")), "{writes:?}");
+    assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+    // The registry cache and the cache mounts alike.
+    let mut registry = config.clone();
+    registry.cache = CacheMode::Registry;
+    for (trust, exported) in [(true, true), (false, false)] {
+        registry.trust_all_branches = trust;
+        let text = feature_shell(registry.clone(), SERVICE, &options(Push::CacheOnly, false));
+        assert_eq!(
+            text.contains("--cache-to type=registry,ref=registry.example/acme/service:buildcache"),
+            exported,
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_cache_mount_whose_tag_is_shared_is_exported_only_by_the_default_branch() {
+    let dockerfile = "\
+FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS build
+RUN --mount=type=cache,id=target,target=/app/target --mount=type=cache,id=reg,target=/reg cargo build
+";
+    let mut config = config(&[("build", "build-{branch}")], &["latest"]);
+    let tag = Template::parse("shared-target", Placeholder::FOR_CACHE_TAGS).unwrap();
+    config.cache_mounts = crate::config::CacheMounts::Chosen(
+        [("target".to_string(), Some(tag)), ("reg".to_string(), None)].into(),
+    );
+    let exports = |input: Input| -> Vec<String> {
+        plan(&[input], &options(Push::CacheOnly, false))
+            .unwrap()
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Mount(m) if m.kind == MountKind::Export => Some(m.image.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        exports(feature(config.clone(), dockerfile)),
+        ["registry.example/acme/service:mount-reg-feature-x"]
+    );
+    assert_eq!(
+        exports(input(config.clone(), dockerfile)),
+        [
+            "registry.example/acme/service:shared-target",
+            "registry.example/acme/service:mount-reg-main"
+        ]
+    );
+    let warnings = plan(
+        &[feature(config, dockerfile)],
+        &options(Push::CacheOnly, false),
+    )
+    .unwrap()
+    .warnings;
+    assert!(
+        warnings[0]
+            .1
+            .contains("`registry.example/acme/service:shared-target` (cache mount `target`)")
+            && warnings[0]
+                .1
+                .contains(r#"`cache-mounts = { "target" = "shared-target-{branch}" }`"#),
+        "{warnings:?}"
     );
 }
 
@@ -182,15 +501,16 @@ fn registry_cache_is_one_buildx_build() {
     config.cache_tag = Template::parse("cache-{branch}", Placeholder::FOR_CACHE_TAGS).unwrap();
     config.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
     config.provenance = Some("false".into());
-    let pushed = shell(config.clone(), SERVICE, &options(Push::All, false));
+    let pushed = feature_shell(config.clone(), SERVICE, &options(Push::All, false));
     expect![[r#"
         # package `service`
+        docker manifest inspect -v registry.example/acme/service:cache-main  # the default branch's cache, which this branch falls back to: a missing one is warned of
         docker buildx build --progress=rawjson --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
     "#]]
     .assert_eq(&pushed);
     config.platforms.clear();
     config.push_cache = PushCache::BestEffort;
-    let local = shell(
+    let local = feature_shell(
         config,
         SERVICE,
         &Options {
@@ -200,6 +520,7 @@ fn registry_cache_is_one_buildx_build() {
     );
     expect![[r#"
         # package `service`
+        docker manifest inspect -v registry.example/acme/service:cache-main  # the default branch's cache, which this branch falls back to: a missing one is warned of
         docker buildx build --builder remote --progress=rawjson --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true,ignore-error=true --tag registry.example/acme/service:latest --provenance=false --load -f /src/service/Dockerfile /src/service
         docker manifest inspect -v registry.example/acme/service:cache-feature-x  # whether the best-effort cache export wrote the cache
     "#]]
@@ -408,7 +729,7 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     assert_eq!(plan.steps.len(), 4, "{}", plan.to_shell());
     assert!(matches!(
         &plan.steps[2].action,
-        Action::Inspect(Inspect { role: Role::Export, image }) if image.ends_with(":buildcache")
+        Action::Inspect(Inspect { role: Role::Export, image, .. }) if image.ends_with(":buildcache")
     ));
     let build = plan.steps[3].to_shell();
     assert!(
@@ -584,9 +905,11 @@ COPY --from=build /app/bin /bin
     let mut config = config(&[], &["latest"]);
     config.cache_mounts =
         crate::config::CacheMounts::Chosen([("target".to_string(), None)].into_iter().collect());
-    let text = shell(config.clone(), dockerfile, &options(Push::All, false));
+    let text = feature_shell(config.clone(), dockerfile, &options(Push::All, false));
     expect![[r##"
         # package `service`
+        # warning: package `service`: this build (branch `feature/x`) does not push `registry.example/acme/service:runtime` (stage `runtime`): the builds of the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) read it, and only they write it
+        #   note: scope it to the branch, so that this branch keeps a cache of its own: `runtime = "runtime-{branch}"` under `stages`; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section)
         docker manifest inspect -v registry.example/acme/service:mount-target-feature-x  # whether the registry holds this cache image decides the skips below
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
         FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS restore
@@ -611,9 +934,7 @@ COPY --from=build /app/bin /bin
         RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-main,target=/xtd-seed \
             : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
         XTD
-        docker manifest inspect -v registry.example/acme/service:runtime  # whether the registry holds this cache image decides the skips below
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --tag registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
-        docker push registry.example/acme/service:runtime  # skipped when nothing in it ran and the registry holds it
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker push registry.example/acme/service:latest
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run --tag registry.example/acme/service:mount-target-feature-x -f - /src/service <<'XTD'  # the cache mount `target`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`
         FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS export
@@ -631,7 +952,7 @@ COPY --from=build /app/bin /bin
         docker push registry.example/acme/service:mount-target-feature-x  # the cache mount `target`: after its export
     "##]]
     .assert_eq(&text);
-    let input = || input(config.clone(), dockerfile);
+    let input = || feature(config.clone(), dockerfile);
     let planned = plan(&[input()], &options(Push::All, false)).unwrap();
     let ids = |kind: MountKind| -> Vec<usize> {
         planned

@@ -117,6 +117,7 @@ fn role(role: Role) -> &'static str {
         Role::Export => "export",
         Role::Cache => "cache",
         Role::Written => "written",
+        Role::Fallback => "fallback",
     }
 }
 

@@ -105,6 +105,15 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         _ => PathBuf::from("."),
     };
     let head = git::spawn_head(&git_dir);
+    // The default branch: the CI's word, else `origin/HEAD` (asked while the workspace
+    // loads, beside `git log`), else `main`; a package's `default-branch` key wins.
+    let ci_default = git::default_branch_from_ci(
+        |v| std::env::var(v).ok(),
+        |path| std::fs::read_to_string(path).ok(),
+    );
+    let origin_head = ci_default
+        .is_none()
+        .then(|| git::spawn_origin_head(&git_dir));
     // The engine's facts for the first plan's marker, from its socket, while the workspace
     // loads (see `engine::facts`).
     let early = engine::facts::Early::start(args.push && !args.load && !args.no_cache);
@@ -112,6 +121,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
     let cli_build_args = parse_build_args(&args.build_args).map_err(Failure::config)?;
     with_build_args(&mut loaded, &cli_build_args).map_err(Failure::config)?;
     let head = head.wait();
+    let default_branch = git::default_branch(ci_default, origin_head.and_then(|o| o.wait()));
     let push = if args.push {
         Push::All
     } else if args.push_cache_only {
@@ -133,6 +143,8 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         build_args: cli_build_args,
         tags: args.tags.clone(),
         facts: plan::Facts::default(),
+        default_branch,
+        no_branch: None,
     };
     // A builder other than the engine's own builds elsewhere: its facts, not the engine's,
     // say what builds; the preflight asks `docker buildx inspect`.
@@ -152,15 +164,23 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
     if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
         reporter.warning("`SOURCE_DATE_EPOCH` is set: buildx passes it to every build as a build argument, and a value that changes with every commit makes steps miss the cache\nnote: unset it for cached builds, or keep it fixed");
     }
+    let branch = branch(args.branch.as_deref(), head.as_ref());
+    if branch.is_none() {
+        options.no_branch = Some(match head {
+            Some(_) => git::NoBranch::Detached,
+            None => git::NoBranch::NoCommit,
+        });
+    }
     // What each build reads from the checkout, where a build that the registry already holds
-    // may be skipped. On this thread: for the small contexts of a dry run, threads cost more
-    // than they save; packages that share a context hash it once.
-    let wanted = plan::may_skip(&options);
+    // may be skipped (only where the run writes markers: see `plan::Boundary`). On this
+    // thread: for the small contexts of a dry run, threads cost more than they save; packages
+    // that share a context hash it once.
     let mut contexts = crate::fingerprint::Contexts::default();
     let fingerprints: Vec<Option<Result<String, crate::fingerprint::Unknowable>>> = loaded
         .iter()
         .map(|l| {
-            wanted.then(|| match &env {
+            let vars = vars(&l.package, &branch, head.as_ref());
+            plan::checks_registry(&l.package, &vars, &options).then(|| match &env {
                 Err(why) => Err(crate::fingerprint::Unknowable(why.clone())),
                 Ok(_) => crate::fingerprint::sources(&l.package, &mut contexts),
             })
@@ -171,7 +191,6 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         builder: named_builder.then_some(None),
         env: env.unwrap_or_default(),
     };
-    let branch = branch(args.branch.as_deref(), head.as_ref());
     let mut inputs = Vec::new();
     for (
         Loaded {
@@ -205,6 +224,10 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         });
     }
     let plan = plan::plan(&inputs, &options).map_err(Failure::config)?;
+    // Told once: a second plan after the preflight has the same boundary.
+    for (_, warning) in &plan.warnings {
+        reporter.warning(warning);
+    }
     // Only JSON output reads the event, and building it costs as much as planning (a JSON
     // value of every step's argv, made and dropped on every dry run otherwise).
     if args.message_format == MessageFormat::Json {

@@ -201,12 +201,37 @@ pub fn tool(cli: &Path, engine: &Engine, args: &[&str]) -> Run {
     tool_with(cli, engine, args, &[])
 }
 
-/// `xtask-docker docker ARGS` with `cli` as the docker CLI, against `engine`, not yet run.
+/// `xtask-docker docker ARGS` with `cli` as the docker CLI, against `engine`, not yet run, as
+/// a build of the default branch (see [`on_default_branch`]).
 pub fn tool_command(cli: &Path, engine: &Engine, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask-docker"));
     command.arg("docker").args(args).env("DOCKER", cli);
     agent_env(&mut command, engine);
+    on_default_branch(&mut command);
     command
+}
+
+/// The CI variables that name the branch or the default branch (see the README).
+pub const BRANCH_VARIABLES: &[&str] = &[
+    "GITHUB_HEAD_REF",
+    "GITHUB_REF_NAME",
+    "CI_COMMIT_REF_NAME",
+    "BUILDKITE_BRANCH",
+    "CIRCLE_BRANCH",
+    "CI_DEFAULT_BRANCH",
+    "BUILDKITE_PIPELINE_DEFAULT_BRANCH",
+    "GITHUB_EVENT_PATH",
+];
+
+/// Makes the tool's run a build of the default branch `main`, as a CI agent's is when its
+/// variable names the branch, wherever the test runs: the fixtures are no git checkouts, and
+/// a build without a branch writes no tag shared by all branches, nor markers (see
+/// `tests/trust.rs`). `--branch` still wins.
+pub fn on_default_branch(command: &mut Command) -> &mut Command {
+    for name in BRANCH_VARIABLES {
+        command.env_remove(name);
+    }
+    command.env("CI_COMMIT_REF_NAME", "main")
 }
 
 /// `cli ARGS` (the docker CLI itself) against `engine`, not yet run.

@@ -118,6 +118,32 @@ pub fn default_branch(ci: Option<DefaultBranch>, origin_head: Option<String>) ->
     .unwrap_or_else(DefaultBranch::assumed)
 }
 
+/// The default branch of a run, being found: the CI's word read at once, `origin/HEAD` asked
+/// of git only when the CI said nothing.
+pub struct PendingDefault {
+    ci: Option<DefaultBranch>,
+    origin_head: Option<PendingOriginHead>,
+}
+
+/// Starts finding the default branch of the checkout in `dir` (see [`default_branch`]): reads
+/// the CI's variables and GitHub's event payload, and starts `git symbolic-ref` where they say
+/// nothing, without waiting for it.
+pub fn spawn_default_branch(dir: &Path) -> PendingDefault {
+    let ci = default_branch_from_ci(
+        |v| std::env::var(v).ok(),
+        |path| std::fs::read_to_string(path).ok(),
+    );
+    let origin_head = ci.is_none().then(|| spawn_origin_head(dir));
+    PendingDefault { ci, origin_head }
+}
+
+impl PendingDefault {
+    /// The default branch: the CI's, else `origin/HEAD`'s, else `main`.
+    pub fn wait(self) -> DefaultBranch {
+        default_branch(self.ci, self.origin_head.and_then(PendingOriginHead::wait))
+    }
+}
+
 /// A `git symbolic-ref refs/remotes/origin/HEAD` started by [`spawn_origin_head`].
 pub struct PendingOriginHead(Option<Child>);
 

@@ -72,6 +72,10 @@ fn a_valid_table_loads_with_defaults() {
     );
     assert_eq!(package.graph.name(package.target), "runtime");
     assert_eq!(package.config.dockerfile, dir.join("Dockerfile"));
+    // The branch boundary holds unless the table lifts it; the default branch is the run's
+    // to detect unless the table names it.
+    assert!(!package.config.trust_all_branches);
+    assert_eq!(package.config.default_branch, None);
     // The final target is cached under its own name.
     let cached: Vec<(String, String)> = package
         .cached
@@ -139,6 +143,8 @@ fn errors_name_the_culprit() {
         ("image = \"a/b\"\nsecrets = { \"-x\" = { env = \"A\" } }", Some(DOCKERFILE), "key `secrets`: `-x` is not a secret id"),
         ("image = \"a/b\"\nlabels = { \"a b\" = \"x\" }", Some(DOCKERFILE), "key `labels`:"),
         ("image = \"a/b\"\ndefault-branch = \"\"", Some(DOCKERFILE), "key `default-branch` is empty"),
+        ("image = \"a/b\"\ndefault-branch = \"-main\"", Some(DOCKERFILE), "key `default-branch`: `-main` starts with `-`"),
+        ("image = \"a/b\"\ntrust-all-branches = \"yes\"", Some(DOCKERFILE), "key `trust-all-branches`: invalid type: string \"yes\", expected a boolean"),
     ];
     for (table, dockerfile, expected) in cases {
         let message = error(table, *dockerfile);
@@ -218,7 +224,7 @@ fn workspace_defaults_fill_members_and_members_win() {
     let dir = testbed::temp_dir("workspace").unwrap();
     std::fs::write(
         dir.join("Cargo.toml"),
-        "[workspace]\nmembers = [\"api\", \"worker\", \"lib\"]\n\n[workspace.metadata.docker]\nimage = \"127.0.0.1:5000/acme/{package}\"\ndockerfile = \"{workspace}/Dockerfile\"\ncontext = \"{workspace}\"\nbuild-args = { A = \"1\", B = \"2\" }\nstages = { compile = \"compile\" }\n",
+        "[workspace]\nmembers = [\"api\", \"worker\", \"lib\"]\n\n[workspace.metadata.docker]\nimage = \"127.0.0.1:5000/acme/{package}\"\ndockerfile = \"{workspace}/Dockerfile\"\ncontext = \"{workspace}\"\nbuild-args = { A = \"1\", B = \"2\" }\nstages = { compile = \"compile\" }\ntrust-all-branches = true\ndefault-branch = \"trunk\"\n",
     )
     .unwrap();
     std::fs::write(dir.join("Dockerfile"), DOCKERFILE).unwrap();
@@ -226,7 +232,7 @@ fn workspace_defaults_fill_members_and_members_win() {
         ("api", Some("")),
         (
             "worker",
-            Some("build-args = { B = \"3\" }\nstages = { runtime = \"dev\" }\ntags = [\"edge\"]"),
+            Some("build-args = { B = \"3\" }\nstages = { runtime = \"dev\" }\ntags = [\"edge\"]\ntrust-all-branches = false"),
         ),
         ("lib", None),
     ] {
@@ -268,6 +274,11 @@ fn workspace_defaults_fill_members_and_members_win() {
         Some("1"),
         "tables merge key by key"
     );
+    assert!(
+        api.trust_all_branches && !worker.trust_all_branches,
+        "`trust-all-branches` comes from the workspace, and a member's own wins"
+    );
+    assert_eq!(api.default_branch.as_deref(), Some("trunk"));
     let stages: Vec<&str> = worker.stages.keys().map(String::as_str).collect();
     assert_eq!(stages, ["compile", "runtime"]);
     assert_eq!(

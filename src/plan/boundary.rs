@@ -230,3 +230,68 @@ pub(super) fn warnings(
     }
     out
 }
+
+/// What `check` says of a package's boundary: the tags the default branch's builds read
+/// (which only they write), and those a build of another branch may write. `detected` is the
+/// default branch the run detected; the package's `default-branch` key wins.
+pub fn describe(package: &Package, detected: &DefaultBranch) -> String {
+    let config = &package.config;
+    let default = match &config.default_branch {
+        Some(name) => DefaultBranch {
+            name: name.clone(),
+            source: DefaultSource::Config,
+        },
+        None => detected.clone(),
+    };
+    let on_default = Vars {
+        version: config.version.clone(),
+        git_sha: None,
+        branch: Some(default.name.clone()),
+    };
+    let repo = &config.cache_image;
+    let mut reads = Vec::new();
+    let mut branch_writes = Vec::new();
+    let mut shared = Vec::new();
+    for (template, what, _) in templates(package) {
+        let rendered = cache_refs(template, repo, &on_default, &default.name)
+            .ok()
+            .and_then(|r| r.read.into_iter().next())
+            .unwrap_or_else(|| format!("{repo}:{template}"));
+        reads.push(format!("`{rendered}` ({what})"));
+        if template.uses(Placeholder::Branch) {
+            branch_writes.push(format!("`{repo}:{template}` ({what})"));
+        } else {
+            shared.push(format!("`{rendered}` ({what})"));
+        }
+    }
+    let finals: Vec<String> = config
+        .tags
+        .iter()
+        .map(|t| format!("`{}:{t}`", config.image))
+        .collect();
+    let mut out = format!(
+        "  branch boundary: the default branch is {}\n    the default branch's builds read {}, and its markers `{repo}:inputs-*`\n",
+        default.describe(),
+        reads.join(", ")
+    );
+    if config.trust_all_branches {
+        out.push_str("    `trust-all-branches = true`: a build of any branch writes every one of them, markers included\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "    a build of another branch writes {}; with `--push` its final tags {} (but none that is a tag above); never a marker\n",
+        if branch_writes.is_empty() {
+            "no cache tag".to_string()
+        } else {
+            branch_writes.join(", ")
+        },
+        finals.join(", ")
+    ));
+    if !shared.is_empty() {
+        out.push_str(&format!(
+            "    shared by all branches, so written by the default branch's builds only: {}\n",
+            shared.join(", ")
+        ));
+    }
+    out
+}

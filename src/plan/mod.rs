@@ -26,7 +26,7 @@ mod mounts;
 mod registry;
 mod shell;
 
-pub use boundary::Boundary;
+pub use boundary::{describe as describe_boundary, Boundary};
 pub use marker::may_skip;
 pub use mounts::{printed_size, MountKind, MountStep};
 

@@ -1020,3 +1020,38 @@ COPY --from=build /app/bin /bin
         [MountKind::Restore]
     );
 }
+
+#[test]
+fn check_tells_what_the_default_branch_reads_and_what_another_branch_may_write() {
+    let mut config = config(
+        &[("compile", "compile-{branch}"), ("runtime", "dev")],
+        &["latest"],
+    );
+    let detected = crate::git::DefaultBranch {
+        name: "master".into(),
+        source: crate::git::DefaultSource::OriginHead,
+    };
+    let package = Package::resolve(config.clone(), SERVICE).unwrap();
+    expect![[r#"
+        branch boundary: the default branch is `master` (from `origin/HEAD`)
+        the default branch's builds read `registry.example/acme/service:compile-master` (stage `compile`), `registry.example/acme/service:dev` (stage `runtime`), and its markers `registry.example/acme/service:inputs-*`
+        a build of another branch writes `registry.example/acme/service:compile-{branch}` (stage `compile`); with `--push` its final tags `registry.example/acme/service:latest` (but none that is a tag above); never a marker
+        shared by all branches, so written by the default branch's builds only: `registry.example/acme/service:dev` (stage `runtime`)
+    "#]]
+    .assert_eq(&trimmed(&describe_boundary(&package, &detected)));
+    config.trust_all_branches = true;
+    config.default_branch = Some("trunk".into());
+    let text = describe_boundary(&Package::resolve(config, SERVICE).unwrap(), &detected);
+    assert!(
+        text.contains("`trunk` (from the `default-branch` key)")
+            && text.contains(
+                "`trust-all-branches = true`: a build of any branch writes every one of them"
+            ),
+        "{text}"
+    );
+}
+
+/// Each line without its indent (which a snapshot cannot keep at the start).
+fn trimmed(text: &str) -> String {
+    text.lines().map(|l| format!("{}\n", l.trim())).collect()
+}

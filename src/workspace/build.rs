@@ -1,7 +1,6 @@
 //! `docker build`: load, fingerprint and plan every package, then run the plan and report.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::bail;
 
@@ -95,25 +94,11 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
     let members = Members::start(&args.select).map_err(Failure::config)?;
     // One git call for the whole run (a workspace's packages share one checkout), made while
     // the workspace loads: on a dry run it is most of the tool's own time.
-    let git_dir = match args
-        .select
-        .manifest_path
-        .as_deref()
-        .and_then(std::path::Path::parent)
-    {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let git_dir = super::git_dir(&args.select);
     let head = git::spawn_head(&git_dir);
     // The default branch: the CI's word, else `origin/HEAD` (asked while the workspace
     // loads, beside `git log`), else `main`; a package's `default-branch` key wins.
-    let ci_default = git::default_branch_from_ci(
-        |v| std::env::var(v).ok(),
-        |path| std::fs::read_to_string(path).ok(),
-    );
-    let origin_head = ci_default
-        .is_none()
-        .then(|| git::spawn_origin_head(&git_dir));
+    let default_branch = git::spawn_default_branch(&git_dir);
     // The engine's facts for the first plan's marker, from its socket, while the workspace
     // loads (see `engine::facts`).
     let early = engine::facts::Early::start(args.push && !args.load && !args.no_cache);
@@ -121,7 +106,7 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
     let cli_build_args = parse_build_args(&args.build_args).map_err(Failure::config)?;
     with_build_args(&mut loaded, &cli_build_args).map_err(Failure::config)?;
     let head = head.wait();
-    let default_branch = git::default_branch(ci_default, origin_head.and_then(|o| o.wait()));
+    let default_branch = default_branch.wait();
     let push = if args.push {
         Push::All
     } else if args.push_cache_only {

@@ -4,15 +4,17 @@
 use crate::cli::CheckArgs;
 use crate::config::CacheMode;
 use crate::failure::Failure;
-use crate::graph;
 use crate::package::Package;
 use crate::report::Reporter;
+use crate::{git, graph, plan};
 
 use super::load::load;
 
 /// Runs `docker check`.
 pub(super) fn check(args: &CheckArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    let default_branch = git::spawn_default_branch(&super::git_dir(&args.select));
     let packages = load(&args.select).map_err(Failure::config)?;
+    let default_branch = default_branch.wait();
     for package in packages {
         for warning in package.graph.lint_stage_names() {
             reporter.warning(&format!(
@@ -28,7 +30,7 @@ pub(super) fn check(args: &CheckArgs, reporter: &Reporter) -> anyhow::Result<()>
         }
         let text = match args.graph {
             Some(format) => graph::render(&package, format),
-            None => describe(&package),
+            None => describe(&package) + &plan::describe_boundary(&package, &default_branch),
         };
         reporter.stdout(&format!("{text}\n"));
     }

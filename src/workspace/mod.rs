@@ -19,6 +19,18 @@ impl Docker {
     }
 }
 
+/// The folder git is asked about: the manifest's, else the current one.
+fn git_dir(select: &crate::cli::SelectArgs) -> std::path::PathBuf {
+    match select
+        .manifest_path
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
 /// Runs a parsed `docker` command.
 fn run(docker: Docker) -> anyhow::Result<()> {
     let verbosity = if docker.quiet {

@@ -170,9 +170,15 @@ pub(super) fn warnings(
     }
     let config = &package.config;
     let name = &config.package;
-    let who = match &vars.branch {
-        Some(branch) => format!("branch `{branch}`"),
-        None => "no branch".to_string(),
+    let who = match (&vars.branch, options.no_branch) {
+        (Some(branch), _) => format!("branch `{branch}`"),
+        (None, Some(NoBranch::NoCommit)) => "no branch: git names no commit".to_string(),
+        (None, _) => "no branch: a detached HEAD".to_string(),
+    };
+    // Without a branch the build may well be the default branch's, which git cannot tell.
+    let name_it = match vars.branch {
+        Some(_) => "",
+        None => "; a build of the default branch names it with `--branch`",
     };
     let mut shared = Vec::new();
     let mut fixes = Vec::new();
@@ -201,7 +207,7 @@ pub(super) fn warnings(
     if !shared.is_empty() {
         let one = shared.len() == 1;
         out.push(format!(
-            "package `{name}`: this build ({who}) does not push {}: the builds of the default branch {} read {}, and only they write {}\nnote: scope {} to the branch, so that this branch keeps a cache of its own: {}; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section)",
+            "package `{name}`: this build ({who}) does not push {}: the builds of the default branch {} read {}, and only they write {}\nnote: scope {} to the branch, so that this branch keeps a cache of its own: {}; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section){name_it}",
             shared.join(", "),
             boundary.default.describe(),
             if one { "it" } else { "them" },

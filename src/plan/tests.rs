@@ -358,8 +358,8 @@ fn a_detached_head_writes_no_shared_tag_and_no_branch_tag() {
     let planned = plan(&[detached], &options).unwrap();
     expect![[r##"
         # package `service`
-        # warning: package `service`: this build (no branch) does not push `registry.example/acme/service:dev` (stage `runtime`): the builds of the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) read it, and only they write it
-        #   note: scope it to the branch, so that this branch keeps a cache of its own: `runtime = "dev-{branch}"` under `stages`; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section)
+        # warning: package `service`: this build (no branch: a detached HEAD) does not push `registry.example/acme/service:dev` (stage `runtime`): the builds of the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) read it, and only they write it
+        #   note: scope it to the branch, so that this branch keeps a cache of its own: `runtime = "dev-{branch}"` under `stages`; or, if every branch's builds may write what the default branch's builds read, set `trust-all-branches = true` (see the README's Security section); a build of the default branch names it with `--branch`
         # warning: package `service`: this build has no branch (git is on a detached HEAD, and neither `--branch` nor a CI variable names a branch), so it does not write `registry.example/acme/service:compile-{branch}` (stage `compile`): it is read from the default branch `main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one) only
         #   note: pass `--branch NAME` to build as a branch, or build from a branch's checkout
         docker manifest inspect -v registry.example/acme/service:compile-main  # the default branch's cache, which this branch falls back to: a missing one is warned of

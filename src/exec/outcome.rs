@@ -111,7 +111,10 @@ pub(crate) fn pull(pull: &Pull, streamed: &Streamed) -> Outcome {
     let problem = RegistryProblem::classify(&streamed.text);
     let text = problem.describe(&pull.image);
     match (problem, &pull.when) {
-        (RegistryProblem::NotFound, PullWhen::First) => Outcome::Skipped(text),
+        (RegistryProblem::NotFound, PullWhen::First) => match &pull.default_branch {
+            Some(default) => Outcome::Warning(default_branch_missing(&pull.image, default)),
+            None => Outcome::Skipped(text),
+        },
         (RegistryProblem::NotFound, PullWhen::BeforeRebuild { .. }) => Outcome::Skipped(format!(
             "`{}` is not in the registry: no old image to keep",
             pull.image
@@ -216,6 +219,14 @@ pub(crate) fn mark(marker: &str, streamed: &Streamed) -> Outcome {
 
 /// A question's outcome: answered either way, except that a best-effort export that did not
 /// write its cache is a warning.
+/// The warning for the default branch's cache that a build of another branch falls back to,
+/// missing: a wrong default branch is a cache that never exists.
+fn default_branch_missing(image: &str, default: &str) -> String {
+    format!(
+        "no cache yet on the default branch: `{image}`, the default branch's tag that this branch falls back to, is not in the registry\nnote: the default branch was taken to be {default}; if it is another, set `default-branch`"
+    )
+}
+
 pub(crate) fn inspect(inspect: &Inspect, answer: &Answer) -> Outcome {
     let image = &inspect.image;
     match (inspect.role, answer) {
@@ -228,9 +239,9 @@ pub(crate) fn inspect(inspect: &Inspect, answer: &Answer) -> Outcome {
         )),
         // A registry that does not answer says so in the build; only a missing cache of the
         // default branch's is told here, with the default branch the run took.
-        (Role::Fallback, Ok(None)) => Outcome::Warning(format!(
-            "no cache yet on the default branch: `{image}`, the default branch's tag that this branch falls back to, is not in the registry\nnote: the default branch was taken to be {}; if it is another, set `default-branch`",
-            inspect.default_branch.as_deref().unwrap_or("`main`")
+        (Role::Fallback, Ok(None)) => Outcome::Warning(default_branch_missing(
+            image,
+            inspect.default_branch.as_deref().unwrap_or("`main`"),
         )),
         _ => Outcome::Done,
     }
@@ -292,9 +303,24 @@ mod tests {
         let first = Pull {
             image: "r/x:compile".into(),
             when: PullWhen::First,
+            default_branch: None,
         };
         assert!(
             matches!(pull(&first, &missing), Outcome::Skipped(s) if s.starts_with("no cache yet"))
+        );
+        // The default branch's tag that another branch falls back to: a warning that names the
+        // default branch taken.
+        let fallback = Pull {
+            default_branch: Some(
+                "`main` (assumed: no `default-branch` key, CI variable or `origin/HEAD` names one)"
+                    .into(),
+            ),
+            ..first.clone()
+        };
+        assert!(
+            matches!(pull(&fallback, &missing), Outcome::Warning(w) if w.contains("no cache yet on the default branch: `r/x:compile`") && w.contains("taken to be `main` (assumed")),
+            "{:?}",
+            pull(&fallback, &missing)
         );
         let before = Pull {
             when: PullWhen::BeforeRebuild { chain: vec![] },

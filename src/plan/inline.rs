@@ -44,6 +44,16 @@ pub(super) fn plan(
     let push_finals = options.push == Push::All;
     let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
 
+    // The default branch's caches that a build of another branch falls back to: a missing
+    // one is warned of as the default branch's, by its pull or by a question.
+    let mut fallbacks = Vec::new();
+    for template in package.cached.values() {
+        if let Some(image) = boundary.fallback(template, &config.cache_image, &input.vars) {
+            if !fallbacks.contains(&image) {
+                fallbacks.push(image);
+            }
+        }
+    }
     let mut pulls = Vec::new();
     if options.pull_first {
         let mut seen = Vec::new();
@@ -53,6 +63,9 @@ pub(super) fn plan(
                 let pull = Action::Pull(Pull {
                     image: image.clone(),
                     when: PullWhen::First,
+                    default_branch: fallbacks
+                        .contains(image)
+                        .then(|| boundary.default.describe()),
                 });
                 let args = vec!["pull".into(), image.clone()];
                 pulls.push(plan.add(name, pull, docker, args, vec![], vec![]));
@@ -92,20 +105,13 @@ pub(super) fn plan(
             questions.insert(image.clone(), id);
         }
     }
-    // The default branch's caches that a build of another branch falls back to: a missing
-    // one is warned of as the default branch's.
-    if push_cache {
-        let mut asked = Vec::new();
-        for template in package.cached.values() {
-            let Some(image) = boundary.fallback(template, &config.cache_image, &input.vars) else {
-                continue;
-            };
-            if !asked.contains(&image) {
-                let id = plan.inspect(name, docker, &image, Role::Fallback, vec![]);
-                if let Action::Inspect(inspect) = &mut plan.steps[id].action {
-                    inspect.default_branch = Some(boundary.default.describe());
-                }
-                asked.push(image);
+    // Asked where no pull tells, and only by a run that pushes (a CI run), as the other
+    // questions are.
+    if push_cache && !options.pull_first {
+        for image in &fallbacks {
+            let id = plan.inspect(name, docker, image, Role::Fallback, vec![]);
+            if let Action::Inspect(inspect) = &mut plan.steps[id].action {
+                inspect.default_branch = Some(boundary.default.describe());
             }
         }
     }
@@ -193,6 +199,7 @@ pub(super) fn plan(
                 when: PullWhen::BeforeRebuild {
                     chain: chain(package, stage),
                 },
+                default_branch: None,
             });
             let pull_args = vec!["pull".into(), image.clone()];
             after.push(plan.add(name, pull, docker, pull_args, vec![], after.clone()));

@@ -237,6 +237,10 @@ pub struct Pull {
     pub image: String,
     /// When it runs.
     pub when: PullWhen,
+    /// When the image is the default branch's tag that a build of another branch falls back
+    /// to: the default branch and where its name came from, as the warning about a missing
+    /// one says it (display only).
+    pub default_branch: Option<String>,
 }
 
 /// When a [`Pull`] runs.

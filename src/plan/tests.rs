@@ -1055,3 +1055,52 @@ fn check_tells_what_the_default_branch_reads_and_what_another_branch_may_write()
 fn trimmed(text: &str) -> String {
     text.lines().map(|l| format!("{}\n", l.trim())).collect()
 }
+
+#[test]
+fn a_missing_default_branch_cache_is_told_by_its_pull_or_by_a_question() {
+    let config = config(&[("compile", "compile-{branch}")], &["latest"]);
+    let fallback_of = |options: &Options| -> (Vec<String>, Vec<String>) {
+        let planned = plan(&[feature(config.clone(), SERVICE)], options).unwrap();
+        let mut pulls = Vec::new();
+        let mut questions = Vec::new();
+        for step in &planned.steps {
+            match &step.action {
+                Action::Pull(p) if p.default_branch.is_some() => pulls.push(p.image.clone()),
+                Action::Inspect(i) if i.role == Role::Fallback => {
+                    assert!(i.default_branch.as_deref().unwrap().contains("`main`"));
+                    questions.push(i.image.clone());
+                }
+                _ => {}
+            }
+        }
+        (pulls, questions)
+    };
+    let main = "registry.example/acme/service:compile-main".to_string();
+    assert_eq!(
+        fallback_of(&options(Push::CacheOnly, false)),
+        (vec![], vec![main.clone()])
+    );
+    assert_eq!(
+        fallback_of(&options(Push::CacheOnly, true)),
+        (vec![main], vec![]),
+        "the pull tells, so no question"
+    );
+    assert_eq!(
+        fallback_of(&options(Push::Nothing, false)),
+        (vec![], vec![]),
+        "a run that pushes nothing asks nothing"
+    );
+    // The default branch's own build falls back to nothing.
+    let on_main = plan(
+        &[input(config.clone(), SERVICE)],
+        &options(Push::CacheOnly, true),
+    )
+    .unwrap();
+    assert!(on_main.steps.iter().all(|s| !matches!(
+        &s.action,
+        Action::Inspect(Inspect {
+            role: Role::Fallback,
+            ..
+        })
+    ) && !matches!(&s.action, Action::Pull(p) if p.default_branch.is_some())));
+}

@@ -372,6 +372,13 @@ fn check_prints_the_stage_graph_and_validates_the_cargo_chef_example() {
         ),
         "{text}"
     );
+    // The branch boundary, for a reviewer of the configuration.
+    assert!(
+        text.contains("branch boundary: the default branch is `")
+            && text.contains("a build of another branch writes `ghcr.io/acme/rust-service:deps-{branch}` (stage `deps`)")
+            && text.contains("never a marker"),
+        "{text}"
+    );
     // Bad configuration exits 2.
     let (code, _, stderr) = run(&[
         "check",

@@ -199,7 +199,7 @@ fn the_makefile_recipe_runs() {
     let manifest = support::example("service", &tools, &registry);
     let agent = tools.engine().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("make")
+    let out = support::on_default_branch(&mut Command::new("make"))
         .args([
             "-C",
             root.to_str().unwrap(),

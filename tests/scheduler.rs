@@ -207,13 +207,14 @@ impl Fake {
             "GITHUB_REF_NAME",
             "BUILDKITE_BRANCH",
             "CIRCLE_BRANCH",
-            "CI_DEFAULT_BRANCH",
             "BUILDKITE_PIPELINE_DEFAULT_BRANCH",
             "GITHUB_EVENT_PATH",
         ] {
             command.env_remove(name);
         }
-        command.env("CI_COMMIT_REF_NAME", "main");
+        command
+            .env("CI_COMMIT_REF_NAME", "main")
+            .env("CI_DEFAULT_BRANCH", "main");
         command
     }
 

@@ -224,14 +224,17 @@ pub const BRANCH_VARIABLES: &[&str] = &[
 ];
 
 /// Makes the tool's run a build of the default branch `main`, as a CI agent's is when its
-/// variable names the branch, wherever the test runs: the fixtures are no git checkouts, and
+/// variables name the branch and the default branch, wherever the test runs (a clone whose
+/// `origin/HEAD` is another branch included): the fixtures are no git checkouts, and
 /// a build without a branch writes no tag shared by all branches, nor markers (see
 /// `tests/trust.rs`). `--branch` still wins.
 pub fn on_default_branch(command: &mut Command) -> &mut Command {
     for name in BRANCH_VARIABLES {
         command.env_remove(name);
     }
-    command.env("CI_COMMIT_REF_NAME", "main")
+    command
+        .env("CI_COMMIT_REF_NAME", "main")
+        .env("CI_DEFAULT_BRANCH", "main")
 }
 
 /// `cli ARGS` (the docker CLI itself) against `engine`, not yet run.

@@ -89,15 +89,18 @@ fn build_three_times(tools: &Tools, work: &Path) -> Result<(Duration, Duration, 
     Ok((cold, warm, rebuilt))
 }
 
-/// Runs this program's `docker build --push [extra]` against `engine`, as a CI job would.
+/// Runs this program's `docker build --push [extra]` against `engine`, as a CI job of the
+/// default branch would (only such a build writes the shared cache tags and the marker that
+/// the second engine finds).
 fn time_build(engine: &Engine, manifest: &Path, extra: &[&str]) -> Result<Duration> {
     let sh = Shell::new()?;
     let me = std::env::current_exe().context("cannot find this program's path")?;
     let start = Instant::now();
     cmd!(
         sh,
-        "{me} docker build --manifest-path {manifest} --push {extra...}"
+        "{me} docker build --manifest-path {manifest} --push --branch main {extra...}"
     )
+    .env("CI_DEFAULT_BRANCH", "main")
     .env("DOCKER_HOST", engine.host())
     .env("DOCKER_CONFIG", engine.docker_config())
     .env_remove("DOCKER")

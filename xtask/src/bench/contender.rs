@@ -379,10 +379,14 @@ pub fn commands(
             if verbose {
                 args.push("-v");
             }
+            // As a build of the default branch: the copy is no git checkout, and a build
+            // without a branch writes no shared cache tag and no marker (the branch boundary).
             args.extend([
                 "--manifest-path",
                 &manifest,
                 "--push",
+                "--branch",
+                "main",
                 "--message-format",
                 "json",
             ]);

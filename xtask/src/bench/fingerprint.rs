@@ -132,7 +132,10 @@ fn dry_run(tool: &Path, manifest: &Path) -> Result<(f64, f64)> {
     let before = children_cpu();
     let start = Instant::now();
     let output = Command::new(tool)
-        .args(["docker", "build", "--dry-run", "--push", "--manifest-path"])
+        // A build of the default branch: only there does the registry check, and so the
+        // fingerprint, run.
+        .args(["docker", "build", "--dry-run", "--push", "--branch", "main"])
+        .arg("--manifest-path")
         .arg(manifest)
         .stdin(Stdio::null())
         .output()

@@ -59,6 +59,9 @@ fn measure_in(dir: &Path, tool: &Path, runs: u32) -> Result<Overhead> {
         "build",
         "--dry-run",
         "--push",
+        // A build of the default branch, which hashes its context for the registry check.
+        "--branch",
+        "main",
         "--manifest-path",
         &manifest_arg,
     ]

@@ -26,8 +26,10 @@ const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// `apache2-utils`, `iptables`, `qemu-user-static`, `binfmt-support`); the buildx plugin when
 /// `/usr/libexec/docker/cli-plugins/docker-buildx` is missing; the modern engine when a program of
 /// [`MODERN_DIR`] is missing; the arm64 busybox when [`BUSYBOX_ARM64`] is missing. Then, as root,
-/// makes sure arm64 programs run under emulation ([`ensure_arm64_emulation`]). Prints what it
-/// does; errors name the step that failed. Needs root only when something is missing.
+/// makes sure arm64 programs run under emulation ([`ensure_arm64_emulation`]); last, makes the
+/// Rust images when they are not in their cache ([`crate::rust::make`]: `mmdebstrap`, which is
+/// installed too, and cargo-chef). Prints what it does; errors name the step that failed. Needs
+/// root only when something is missing.
 pub fn install_all() -> Result<()> {
     let sh = Shell::new()?;
     let modern = tools::find_modern();
@@ -39,6 +41,10 @@ pub fn install_all() -> Result<()> {
         .collect();
     if tools::which("iptables").is_none() {
         packages.push("iptables");
+    }
+    // For the Rust images (`crate::rust`).
+    if tools::which("mmdebstrap").is_none() {
+        packages.push("mmdebstrap");
     }
     packages.sort_unstable();
     packages.dedup();
@@ -102,6 +108,8 @@ pub fn install_all() -> Result<()> {
     if !still.is_empty() {
         bail!("still missing after installing: {}", still.join(", "));
     }
+    let tools = crate::find_tools().map_err(|reason| anyhow::anyhow!("{reason}"))?;
+    crate::rust::make(&tools).context("step `make the Rust images` failed")?;
     Ok(())
 }
 
@@ -296,7 +304,7 @@ impl PrivateApt {
 }
 
 /// Removes `dir` if it exists and creates it empty.
-fn clear_dir(dir: &Path) -> Result<()> {
+pub(crate) fn clear_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot clear `{}`", dir.display()))?;
     }
@@ -434,7 +442,7 @@ fn fetch_busybox_arm64(sh: &Shell) -> Result<()> {
 
 /// The Debian mirror of this machine's apt sources (deb822 `*.sources` first, then
 /// `/etc/apt/sources.list`, then `*.list`), or `http://deb.debian.org/debian`.
-fn find_mirror() -> String {
+pub(crate) fn find_mirror() -> String {
     let dir = Path::new("/etc/apt/sources.list.d");
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())

@@ -42,10 +42,12 @@ mod mounts;
 mod paths;
 mod process;
 mod registry;
+pub mod rust;
 mod tools;
 
 pub use engine::{Engine, EngineOptions, Flavor};
 pub use registry::{Manifest, Registry, RegistryOptions};
+pub use rust::{RustImages, ServedImages};
 
 /// The programs the engines, the registry and the test images need, all found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,26 @@ pub fn require_modern() -> Option<Tools> {
     }))
 }
 
+/// Like [`require`], but also demands the Rust images ([`rust`]: a toolchain image with
+/// cargo-chef and a runtime image, made by `cargo xtask engine install`), and returns them with
+/// the tools. Prints `skipped: <reason>` and returns `None` when something is missing, or panics
+/// under `CI`.
+pub fn require_rust() -> Option<(Tools, RustImages)> {
+    static FOUND: OnceLock<Result<Tools, String>> = OnceLock::new();
+    let tools = settle(FOUND.get_or_init(|| {
+        let tools = find_tools()?;
+        match rust::find() {
+            Some(_) => Ok(tools),
+            None => Err(format!(
+                "missing the Rust images in `{}`; make them with `cargo xtask engine install`",
+                rust::CACHE_DIR
+            )),
+        }
+    }))?;
+    let images = rust::find()?;
+    Some((tools, images))
+}
+
 /// What a test gets from a lookup: the tools (after cleaning up leftovers once per process), or
 /// `skipped: <reason>` printed and `None`, or, under `CI`, a panic.
 fn settle(found: &Result<Tools, String>) -> Option<Tools> {
@@ -185,7 +207,7 @@ fn missing_reason(missing: &[tools::Missing]) -> String {
     )
 }
 
-fn find_tools() -> Result<Tools, String> {
+pub(crate) fn find_tools() -> Result<Tools, String> {
     let found = tools::find();
     let mut problems = Vec::new();
     // SAFETY: geteuid cannot fail.
@@ -259,6 +281,16 @@ impl Tools {
     /// The statically linked arm64 busybox, when the modern tools are installed.
     pub fn busybox_arm64(&self) -> Option<PathBuf> {
         self.modern.as_ref().map(|m| m.busybox_arm64.clone())
+    }
+
+    /// The Rust images of this machine ([`rust`]), or an error that says how to make them.
+    pub fn rust_images(&self) -> Result<RustImages> {
+        rust::find().with_context(|| {
+            format!(
+                "the Rust images are not in `{}`; make them with `cargo xtask engine install`",
+                rust::CACHE_DIR
+            )
+        })
     }
 
     /// Starts a registry without authentication on a free port of 127.0.0.1.

@@ -704,7 +704,7 @@ fn a_fresh_agent_finds_the_same_build_in_the_registry_and_does_nothing() {
 #[test]
 fn examples_are_valid() {
     // The examples' tables check against their Dockerfiles (no engine needed).
-    for name in ["service", "five-stage", "heavy"] {
+    for name in ["service", "five-stage", "heavy", "rust-service"] {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples")
             .join(name)

@@ -368,7 +368,7 @@ fn check_prints_the_stage_graph_and_validates_the_cargo_chef_example() {
     assert!(!stderr.contains("did you mean"), "{stderr}");
     assert!(
         text.contains(
-            "deps <- chef, planner  (cached as `ghcr.io/acme/rust-service:deps-{branch}`)"
+            "deps <- chef, planner  (cached as `127.0.0.1:5000/acme/rust-service:deps-{branch}`)"
         ),
         "{text}"
     );

@@ -282,7 +282,13 @@ fn this_repository_and_its_examples() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert_same(repo, "xtask/src");
     // Each example is a package of its own, in a folder the repository's workspace excludes.
-    for example in ["service", "five-stage", "heavy", "rust-service"] {
+    for example in [
+        "service",
+        "five-stage",
+        "heavy",
+        "rust-service",
+        "rust-workspace",
+    ] {
         assert_same(&repo.join("examples").join(example), ".");
     }
 }

@@ -392,6 +392,13 @@ pub fn vendor(project: &Path) -> Result<()> {
     let hash = Sha256::digest(&lock);
     let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
     let kept = Path::new(CACHE_DIR).join("vendor").join(&hex);
+    // cargo would read the old vendored sources through the old config: both go.
+    let target = project.join("vendor");
+    if target.exists() {
+        fs::remove_dir_all(&target)?;
+    }
+    let config = project.join(".cargo");
+    let _ = fs::remove_file(config.join("config.toml"));
     if !kept.is_dir() {
         let sh = Shell::new()?;
         let partial = kept.with_extension("partial");
@@ -414,12 +421,7 @@ pub fn vendor(project: &Path) -> Result<()> {
             )
         })?;
     }
-    let target = project.join("vendor");
-    if target.exists() {
-        fs::remove_dir_all(&target)?;
-    }
     crate::copy_dir(&kept, &target)?;
-    let config = project.join(".cargo");
     fs::create_dir_all(&config)?;
     fs::write(config.join("config.toml"), VENDOR_CONFIG)?;
     Ok(())
@@ -431,13 +433,16 @@ pub fn commit(repo: &Path, message: &str) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(repo);
     if !repo.join(".git").exists() {
-        cmd!(sh, "git init --quiet --initial-branch=main").run()?;
+        cmd!(sh, "git init --quiet --initial-branch=main")
+            .quiet()
+            .run()?;
     }
-    cmd!(sh, "git add -A").run()?;
+    cmd!(sh, "git add -A").quiet().run()?;
     cmd!(
         sh,
         "git -c user.name=testbed -c user.email=testbed@127.0.0.1 -c commit.gpgsign=false commit --quiet --allow-empty -m {message}"
     )
+    .quiet()
     .run()
     .with_context(|| format!("step `git commit` in `{}` failed", repo.display()))?;
     Ok(())
@@ -448,6 +453,7 @@ pub fn commit(repo: &Path, message: &str) -> Result<()> {
 pub fn fresh_clone(repo: &Path, to: &Path) -> Result<()> {
     let sh = Shell::new()?;
     cmd!(sh, "git clone --quiet --no-hardlinks {repo} {to}")
+        .quiet()
         .run()
         .with_context(|| format!("step `git clone {}` failed", repo.display()))
 }

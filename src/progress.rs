@@ -83,6 +83,10 @@ struct Vertex {
     number: u32,
     /// rawjson: its name was said (in plain's words).
     shown: bool,
+    /// rawjson: what its process printed after its last newline. A log message carries the
+    /// bytes of one write, and a program may write a line in pieces (cargo's `Compiling` and the
+    /// crate's name come apart), so lines are shown whole.
+    partial: String,
 }
 
 impl Vertex {

@@ -120,6 +120,10 @@ impl BuildProgress {
             let Some(completed) = &m.completed else {
                 continue;
             };
+            if !vertex.partial.is_empty() {
+                let rest = std::mem::take(&mut vertex.partial);
+                reading.text.push(format!("#{number} {rest}"));
+            }
             let seconds = m
                 .started
                 .as_deref()
@@ -168,7 +172,7 @@ impl BuildProgress {
         for log in status.logs.unwrap_or_default() {
             let index = self.json_vertex(&log.vertex);
             let number = self.number(index);
-            let vertex = &self.json[index];
+            let vertex = &mut self.json[index];
             let bytes = log
                 .data
                 .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
@@ -179,7 +183,10 @@ impl BuildProgress {
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            for line in String::from_utf8_lossy(&bytes).lines() {
+            vertex.partial.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(end) = vertex.partial.find('\n') {
+                let line: String = vertex.partial.drain(..=end).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
                 reading.text.push(format!("#{number}{at} {line}"));
             }
         }

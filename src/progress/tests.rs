@@ -478,3 +478,38 @@ fn reads_the_pushed_digest() {
     );
     assert_eq!(push_digest("no digest here"), None);
 }
+
+#[test]
+fn rawjson_log_lines_written_in_pieces_are_shown_whole() {
+    // cargo under dockerd 26 (buildx 0.13's rawjson): `   Compiling` and ` syn v2.0.119\n`
+    // came in two log messages; a last piece without a newline is shown when its step ends.
+    let log = |data: &str, at: &str| {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        format!(
+            r#"{{"logs": [{{"vertex": "sha256:c", "stream": 1, "data": "{data}", "timestamp": "2026-12-02T05:46:4{at}.0Z"}}]}}"#
+        )
+    };
+    let mut progress = BuildProgress::default();
+    let started = r#"{"vertexes": [{"digest": "sha256:c", "name": "[deps 3/3] RUN cargo chef cook", "inputs": ["sha256:b"], "started": "2026-12-02T05:46:40.0Z"}]}"#;
+    let mut text = progress.read(started).text;
+    for (data, at) in [
+        ("   Compiling", "1"),
+        (" syn v2.0.119\n   Compiling serde", "2"),
+        (" v1.0.228\nwarning", "3"),
+    ] {
+        text.extend(progress.read(&log(data, at)).text);
+    }
+    let done = r#"{"vertexes": [{"digest": "sha256:c", "name": "[deps 3/3] RUN cargo chef cook", "inputs": ["sha256:b"], "started": "2026-12-02T05:46:40.0Z", "completed": "2026-12-02T05:46:44.0Z"}]}"#;
+    text.extend(progress.read(done).text);
+    assert_eq!(
+        text,
+        [
+            "#1 [deps 3/3] RUN cargo chef cook",
+            "#1 2.000    Compiling syn v2.0.119",
+            "#1 3.000    Compiling serde v1.0.228",
+            "#1 warning",
+            "#1 DONE 4.0s",
+        ]
+    );
+}

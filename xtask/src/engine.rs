@@ -27,8 +27,10 @@ pub const REGISTRY_PORT: u16 = 5000;
 #[derive(Debug, Subcommand)]
 pub enum EngineTask {
     /// Install what is missing: Debian 12's docker.io, docker-registry, busybox-static, iptables,
-    /// apache2-utils, qemu-user-static and binfmt-support; the buildx plugin and the modern engine
-    /// (docker.io 26, containerd 1.7) from Debian 13; Debian 12's arm64 busybox.
+    /// apache2-utils, qemu-user-static, binfmt-support and mmdebstrap; the buildx plugin and the
+    /// modern engine (docker.io 26, containerd 1.7) from Debian 13; Debian 12's arm64 busybox; the
+    /// Rust images (a Debian 13 toolchain with cargo-chef, and a runtime) in
+    /// /var/cache/xtask-docker-testbed.
     Install,
     /// Start one engine (data in DIR/agent) and a registry on 127.0.0.1:PORT (storage in
     /// DIR/registry) that keep running; print the `DOCKER_HOST` to use. Works from any folder:

@@ -28,7 +28,7 @@ enum Task {
     Test(test::TestArgs),
     /// What CI runs: rustfmt check, clippy, then the tests.
     Ci(test::TestArgs),
-    /// Build the example service on a fresh engine, then on another fresh one from the registry cache.
+    /// Build the Rust service cold on a fresh engine, then after an edit on another fresh one.
     Demo,
     /// Benchmark the tool against the hand-written script and plain BuildKit on fresh engines.
     Bench(bench::BenchArgs),

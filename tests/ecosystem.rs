@@ -375,7 +375,7 @@ fn check_prints_the_stage_graph_and_validates_the_cargo_chef_example() {
     // The branch boundary, for a reviewer of the configuration.
     assert!(
         text.contains("branch boundary: the default branch is `")
-            && text.contains("a build of another branch writes `ghcr.io/acme/rust-service:deps-{branch}` (stage `deps`)")
+            && text.contains("a build of another branch writes `127.0.0.1:5000/acme/rust-service:deps-{branch}` (stage `deps`)")
             && text.contains("never a marker"),
         "{text}"
     );

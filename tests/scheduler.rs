@@ -19,7 +19,9 @@ use std::process::{Command, Output, Stdio};
 /// - `pull IMAGE`: succeeds when the registry file exists, else "manifest unknown";
 /// - `push IMAGE`: prints a digest, or fails as unauthorized where `builds/push-<IMAGE with / and
 ///   : as _>.refused` exists;
-/// - `build ... --target T` (and `buildx build`), `builds/T` standing for `builds/F-T` where
+/// - `info`: the containerd image store's driver status;
+/// - `build ... --target T` (and `buildx build`; `builds/T-export` for one with
+///   `--output type=cacheonly`), `builds/T` standing for `builds/F-T` where
 ///   such files exist for the Dockerfile's folder `F`: prints `builds/T.out`; if `builds/T.wait`
 ///   exists, reads it first (a FIFO: it blocks until the other side writes); if `builds/T.hang`
 ///   exists, writes its pid to `builds/T.pid` and to the FIFO `builds/T.ready` (blocking until
@@ -38,6 +40,7 @@ case "$1" in
     if [ -p "$dir/builds/version.ready" ]; then echo $$ > "$dir/builds/version.ready"; exec sleep 600; fi
     echo "26.1.5|linux|amd64"; finish "$@"; exit 0;;
   image) finish "$@"; exit 0;;
+  info) echo '[["driver-type","io.containerd.snapshotter.v1"]]'; finish "$@"; exit 0;;
   manifest)
     image="${@: -1}"
     q="$dir/builds/question-$(basename "$(file_of "$image")").ready"
@@ -62,6 +65,8 @@ if [ "$1" = build ] || [ "$1" = buildx ]; then
     prev="$a"
   done
   b="$dir/builds/$target"
+  # The registry cache's export-only build is `builds/TARGET-export`.
+  case " $* " in *" type=cacheonly "*) b="$b-export";; esac
   # In a workspace, a build is told by its Dockerfile's folder too: `builds/FOLDER-TARGET`.
   folder=$(basename "$(dirname "$file")")
   if ls "$dir/builds/$folder-$target".* > /dev/null 2>&1; then b="$dir/builds/$folder-$target"; fi
@@ -128,6 +133,33 @@ impl Fake {
         .unwrap();
     }
 
+    /// The registry holds `image` as `digest`, an image manifest (or a registry cache's) with
+    /// these layers.
+    fn hold_layers(&self, image: &str, digest: &str, layers: &[&str]) {
+        let name = image.replace(['/', ':'], "_");
+        let layers: Vec<String> = layers
+            .iter()
+            .map(|l| format!("{{\"digest\":\"{l}\"}}"))
+            .collect();
+        std::fs::write(
+            self.dir.join("registry").join(name),
+            format!(
+                "{{\"Descriptor\":{{\"digest\":\"{digest}\",\"platform\":{{\"os\":\"linux\"}}}},\"OCIManifest\":{{\"layers\":[{}]}}}}",
+                layers.join(",")
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The package's image gets a registry cache (`cache = "registry"`, no stage tags).
+    fn registry_cache(&self) {
+        std::fs::write(
+            self.dir.join("project/Cargo.toml"),
+            "[package]\nname = \"svc\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[package.metadata.docker]\nimage = \"127.0.0.1:5999/acme/svc\"\ntags = [\"latest\"]\ncache = \"registry\"\nprovenance = false\n",
+        )
+        .unwrap();
+    }
+
     /// The build of `target` prints `output` and exits with `code`.
     fn build(&self, target: &str, output: &str, code: i32) {
         let b = self.dir.join("builds");
@@ -182,6 +214,10 @@ impl Fake {
 
     fn position(&self, prefix: &str) -> Option<usize> {
         self.calls().iter().position(|c| c.starts_with(prefix))
+    }
+
+    fn last_position(&self, prefix: &str) -> Option<usize> {
+        self.calls().iter().rposition(|c| c.starts_with(prefix))
     }
 
     fn command(&self, extra: &[&str]) -> Command {
@@ -720,4 +756,123 @@ fn the_final_builds_of_two_packages_run_at_once() {
         "{worker}"
     );
     assert!(!process_exists(fake.pid_of("worker-runtime")));
+}
+
+/// The registry cache's export-only build, in the stand-in's calls.
+const EXPORT: &str = "start buildx build --progress=rawjson --target runtime --cache-from type=registry,ref=127.0.0.1:5999/acme/svc:buildcache --cache-to type=registry,ref=127.0.0.1:5999/acme/svc:buildcache,mode=max,image-manifest=true,oci-mediatypes=true --output type=cacheonly";
+
+/// `step-finished` of the export-only build.
+fn export_finished(run: &Run) -> &serde_json::Value {
+    run.events
+        .iter()
+        .find(|e| e["reason"] == "step-finished" && e["kind"] == "build" && e["stage"] == "runtime")
+        .and_then(|_| {
+            run.events.iter().rfind(|e| {
+                e["reason"] == "step-finished" && e["kind"] == "build" && e["stage"] == "runtime"
+            })
+        })
+        .expect("the export-only build's end")
+}
+
+#[test]
+fn the_registry_cache_is_exported_only_when_a_step_ran_or_a_layer_is_new() {
+    let cache = format!("{IMAGE}:buildcache");
+    let latest = format!("{IMAGE}:latest");
+    // Nothing ran, and the registry cache holds every layer of the pushed image: no export.
+    let fake = Fake::new();
+    fake.registry_cache();
+    fake.hold_layers(&cache, "sha256:k", &["sha256:a", "sha256:b", "sha256:c"]);
+    fake.hold_layers(&latest, "sha256:i", &["sha256:a", "sha256:c"]);
+    fake.build("runtime", &final_build_output("CACHED"), 0);
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let calls = fake.calls();
+    let final_build = fake
+        .position("start buildx build --progress=rawjson --target runtime --cache-from")
+        .expect("the final build");
+    assert!(
+        !calls[final_build].contains("--cache-to") && calls[final_build].contains(" --push "),
+        "{}",
+        calls[final_build]
+    );
+    assert!(fake.position(EXPORT).is_none(), "{calls:#?}");
+    let export = export_finished(&run);
+    assert_eq!(export["outcome"], "skipped", "{export}");
+    assert!(
+        export["message"]
+            .as_str()
+            .unwrap()
+            .contains("the registry cache holds every layer"),
+        "{export}"
+    );
+    // The image's layers were asked after the final build pushed it.
+    let asked = fake
+        .last_position(&format!("start manifest inspect -v --insecure {latest}"))
+        .unwrap();
+    assert!(
+        fake.position("end buildx build --progress=rawjson --target runtime")
+            .unwrap()
+            < asked,
+        "{calls:#?}"
+    );
+
+    // Nothing ran, yet a layer of the pushed image is not in the registry cache (a cache that
+    // another build replaced, hits from the engine's own cache): export, after the question.
+    let fake = Fake::new();
+    fake.registry_cache();
+    fake.hold_layers(&cache, "sha256:k", &["sha256:a", "sha256:b"]);
+    fake.hold_layers(&latest, "sha256:i", &["sha256:a", "sha256:new"]);
+    fake.build("runtime", &final_build_output("CACHED"), 0);
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let export = fake.position(EXPORT).expect("the export");
+    assert!(
+        fake.last_position(&format!("end manifest inspect -v --insecure {latest}"))
+            .unwrap()
+            < export,
+        "{:#?}",
+        fake.calls()
+    );
+    assert_eq!(export_finished(&run)["outcome"], "done");
+
+    // No registry cache yet: export.
+    let fake = Fake::new();
+    fake.registry_cache();
+    fake.hold_layers(&latest, "sha256:i", &["sha256:a"]);
+    fake.build("runtime", &final_build_output("CACHED"), 0);
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(fake.position(EXPORT).is_some(), "{:#?}", fake.calls());
+
+    // A step ran, though every layer is said to be in the cache: export, started as soon as
+    // the final build's output shows it (before that build's end is handled).
+    let fake = Fake::new();
+    fake.registry_cache();
+    fake.hold_layers(&cache, "sha256:k", &["sha256:a", "sha256:b", "sha256:c"]);
+    fake.hold_layers(&latest, "sha256:i", &["sha256:a"]);
+    fake.build("runtime", &final_build_output("DONE 0.1s"), 0);
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(fake.position(EXPORT).is_some(), "{:#?}", fake.calls());
+    let builds: Vec<(usize, &str)> = run
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["kind"] == "build")
+        .map(|(i, e)| (i, e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        builds.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+        [
+            "step-started",
+            "step-started",
+            "step-finished",
+            "step-finished"
+        ],
+        "the export starts before the final build's end: {builds:?}"
+    );
+    assert_eq!(export_finished(&run)["outcome"], "done");
+    // The report counts the final build's steps once.
+    let stages = &run.events.last().unwrap()["stages"];
+    assert_eq!(stages.as_array().unwrap().len(), 3, "{stages}");
 }

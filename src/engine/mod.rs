@@ -303,6 +303,41 @@ pub fn read_inspect(image: &str, output: &std::io::Result<Output>) -> Answer {
     Ok(Some(digests))
 }
 
+/// The layer digests of the image manifests `docker manifest inspect -v` printed (each
+/// platform's of an index; attestation manifests, whose platform is `unknown`, left out), or
+/// of the one manifest it printed (a registry cache's, whose layers are every cached step's).
+/// Empty when it printed none, or failed: a question without layers decides nothing.
+pub fn read_layers(output: &std::io::Result<Output>) -> BTreeSet<String> {
+    let Ok(out) = output else {
+        return BTreeSet::new();
+    };
+    if !out.status.success() {
+        return BTreeSet::new();
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return BTreeSet::new();
+    };
+    let entries = match value {
+        serde_json::Value::Array(entries) => entries,
+        entry => vec![entry],
+    };
+    entries
+        .iter()
+        .filter(|e| e["Descriptor"]["platform"]["os"] != "unknown")
+        .flat_map(|e| {
+            let manifest = match &e["OCIManifest"] {
+                serde_json::Value::Null => &e["SchemaV2Manifest"],
+                oci => oci,
+            };
+            manifest["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["digest"].as_str().map(str::to_string))
+        })
+        .collect()
+}
+
 /// The `Description:` of every record `docker buildx du --verbose` lists, e.g.
 /// `cached mount /app/target from exec /bin/sh -c cargo build`.
 fn cache_mount_descriptions(text: &str) -> Vec<String> {
@@ -344,6 +379,35 @@ mod tests {
             Some((1, 0))
         );
         assert_eq!(buildx_version("nonsense"), None);
+    }
+
+    #[test]
+    fn reads_the_layers_of_images_and_caches() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = |stdout: &str, code: i32| {
+            Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(code << 8),
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: Vec::new(),
+            })
+        };
+        // An index of one image and its provenance (dockerd 26, buildx 0.13), shortened.
+        let index = r#"[{"Ref":"r","Descriptor":{"digest":"sha256:i1","platform":{"architecture":"amd64","os":"linux"}},"OCIManifest":{"layers":[{"digest":"sha256:a"},{"digest":"sha256:b"}]}},
+            {"Ref":"r","Descriptor":{"digest":"sha256:p","platform":{"architecture":"unknown","os":"unknown"}},"OCIManifest":{"layers":[{"digest":"sha256:provenance"}]}}]"#;
+        assert_eq!(
+            super::read_layers(&output(index, 0)),
+            ["sha256:a".to_string(), "sha256:b".into()].into()
+        );
+        // One image in Docker's media types; a registry cache (its platform is empty).
+        let image = r#"{"Descriptor":{"digest":"sha256:m","platform":{"architecture":"amd64","os":"linux"}},"SchemaV2Manifest":{"layers":[{"digest":"sha256:c"}]}}"#;
+        assert_eq!(
+            super::read_layers(&output(image, 0)),
+            ["sha256:c".to_string()].into()
+        );
+        let cache = r#"{"Descriptor":{"digest":"sha256:k","platform":{"architecture":"","os":""}},"OCIManifest":{"config":{"mediaType":"application/vnd.buildkit.cacheconfig.v0"},"layers":[{"digest":"sha256:a"},{"digest":"sha256:c"}]}}"#;
+        assert_eq!(super::read_layers(&output(cache, 0)).len(), 2);
+        assert!(super::read_layers(&output(image, 1)).is_empty());
+        assert!(super::read_layers(&output("no json", 0)).is_empty());
     }
 
     #[test]

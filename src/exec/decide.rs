@@ -31,6 +31,9 @@ pub(crate) struct Knowledge {
     pub restored: BTreeSet<String>,
     /// The cache mount images exported in this run.
     pub exported: BTreeSet<String>,
+    /// The layer digests of the images the registry was asked for and holds (an image's, each
+    /// platform's; a registry cache's, every cached step's), by image.
+    pub layers: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Knowledge {
@@ -95,6 +98,21 @@ impl Knowledge {
         })
     }
 
+    /// Whether the registry cache `cache` holds every layer of `image`, both as the registry
+    /// told: false when either answer is missing, failed, or lists no layer.
+    fn cache_holds_layers_of(&self, cache: &str, image: &str) -> bool {
+        let held = |image: &str| {
+            matches!(self.registry.get(image), Some(Ok(Some(_))))
+                .then(|| self.layers.get(image))
+                .flatten()
+                .filter(|layers| !layers.is_empty())
+        };
+        match (held(image), held(cache)) {
+            (Some(built), Some(cached)) => built.is_subset(cached),
+            _ => false,
+        }
+    }
+
     /// The "current" rule: an image that nothing in this run changed (no step of `chain` ran),
     /// that the registry holds, on an engine that did not hold it before the run (so the
     /// steps that were not run came from the registry's caches, and the registry's image has
@@ -131,6 +149,16 @@ pub(crate) fn start(step: &Step, known: &Knowledge) -> Start {
             ..
         }) if known.is_current(package, chain, image) => {
             Start::Skip("nothing in it ran, and the registry holds its cache".into())
+        }
+        Action::Build(Build {
+            export_only: Some(image),
+            exports: Some(cache),
+            chain,
+            ..
+        }) if !known.chain_ran(package, chain) && known.cache_holds_layers_of(cache, image) => {
+            Start::Skip(format!(
+                "no step ran, and the registry cache holds every layer of `{image}`"
+            ))
         }
         Action::Push(PushTag {
             skip_if_current: true,
@@ -202,6 +230,24 @@ pub(crate) fn may_start_before(
     awaited: usize,
     known: &Knowledge,
 ) -> bool {
+    // The registry cache's export-only build waits for the final build and the question about
+    // its image only to learn whether anything is new: once a step is seen to run, it starts,
+    // and BuildKit shares the steps that are still running.
+    if let Action::Build(Build {
+        export_only: Some(_),
+        chain,
+        ..
+    }) = &step.action
+    {
+        let passable = match plan.steps.get(awaited).map(|s| &s.action) {
+            Some(Action::Build(b)) => b.is_final,
+            Some(Action::Inspect(i)) => i.role == Role::Built,
+            _ => false,
+        };
+        return passable
+            && plan.steps[awaited].package == step.package
+            && known.chain_ran(&step.package, chain);
+    }
     let Some(Step {
         action: Action::Build(waited),
         package,

@@ -38,8 +38,8 @@ pub(crate) enum Launch<'p> {
 pub(crate) enum Ran {
     /// A command whose output was streamed (a build, a push after its tries, a pull, a mark).
     Streamed(Streamed),
-    /// A question to the registry, and its answer.
-    Answered(Answer),
+    /// A question to the registry, its answer, and the layers of what it holds.
+    Answered(Answer, BTreeSet<String>),
 }
 
 /// A step whose command ended.
@@ -243,8 +243,9 @@ impl<'p> Scheduler<'p> {
             .as_secs_f64();
         let mut verdict = None;
         match (&step.action, finished.ran) {
-            (Action::Inspect(inspect), Ran::Answered(answer)) => {
+            (Action::Inspect(inspect), Ran::Answered(answer, layers)) => {
                 result.outcome = outcome::inspect(inspect, &answer);
+                self.known.layers.insert(inspect.image.clone(), layers);
                 self.known
                     .registry
                     .insert(inspect.image.clone(), answer.clone());
@@ -312,7 +313,7 @@ impl<'p> Scheduler<'p> {
                 }
                 result.output = streamed.text;
             }
-            (_, Ran::Answered(_)) => {
+            (_, Ran::Answered(..)) => {
                 result.outcome = Outcome::Failed("an answer to a step that asks nothing".into())
             }
         }
@@ -456,7 +457,7 @@ COPY --from=compile /out /out
                 id,
                 started: now,
                 ended: now,
-                ran: Ran::Answered(answer),
+                ran: Ran::Answered(answer, BTreeSet::new()),
             })
             .verdict
     }

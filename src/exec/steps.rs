@@ -34,7 +34,10 @@ pub(crate) fn run(
                     .unwrap_or_else(|_| Err(io::Error::other("the question panicked"))),
                 None => processes.capture(&step.program, &step.args, PROBE_TIMEOUT),
             };
-            Ran::Answered(crate::engine::read_inspect(&inspect.image, &output))
+            Ran::Answered(
+                crate::engine::read_inspect(&inspect.image, &output),
+                crate::engine::read_layers(&output),
+            )
         }
         Action::Push(push) => {
             let mut wait = Duration::from_millis(500);

@@ -129,17 +129,30 @@ pub(super) fn append_marked(
         plan.append(steps, &[]);
         return;
     };
-    let (finals, pushes_itself, exports) = match &steps.steps[final_build].action {
+    let (finals, pushes_itself, mut exports) = match &steps.steps[final_build].action {
         Action::Build(b) => (b.finals.clone(), b.pushes, b.exports.clone()),
         _ => unreachable!("found as a build"),
     };
+    // The registry cache's export-only build (registry cache with `--push`) exports what the
+    // final build's image came from: the marker stands for the image, and, as where one build
+    // pushes the image before its export, the check asks for the cache, which a failed export
+    // leaves missing.
+    let export_only =
+        |s: &super::Step| matches!(&s.action, Action::Build(b) if b.export_only.is_some());
+    if let Some(Action::Build(b)) = steps.steps[final_build + 1..]
+        .iter()
+        .find(|s| export_only(s))
+        .map(|s| &s.action)
+    {
+        exports = exports.or_else(|| b.exports.clone());
+    }
     // A marker pushed with the image stands for the whole run only if no build comes after
     // it: one that failed would leave it behind. (Inline cache with a builder plans the final
     // build last; a cached stage that needs the final target would still follow it.) Then the
     // run does not skip.
     let builds_after = steps.steps[final_build + 1..]
         .iter()
-        .any(|s| matches!(s.action, Action::Build(_)));
+        .any(|s| matches!(s.action, Action::Build(_)) && !export_only(s));
     if pushes_itself && builds_after {
         plan.append(steps, &[]);
         return;

@@ -215,6 +215,9 @@ pub enum Role {
     /// nothing, but a missing one is warned of as the default branch's (a wrong default branch
     /// reads a cache that never exists).
     Fallback,
+    /// After the final build that pushed it without exporting the registry cache: the final
+    /// image's layers, which the export-only build's skip compares with the registry cache's.
+    Built,
 }
 
 impl Role {
@@ -226,7 +229,7 @@ impl Role {
     /// Whether the question is asked before any build (all but [`Role::Written`]), and so may
     /// go out early, while the preflight runs.
     pub fn is_asked_first(self) -> bool {
-        self != Role::Written
+        !matches!(self, Role::Written | Role::Built)
     }
 }
 
@@ -285,6 +288,11 @@ pub struct Build {
     pub export_best_effort: bool,
     /// The build pushes its own tags (buildx `--push`).
     pub pushes: bool,
+    /// An export-only build (`--output type=cacheonly`) after the final build, which pushed
+    /// this final image without exporting the registry cache: skipped when no step of `chain`
+    /// ran and every layer of this image is among the layers of the registry cache (`exports`)
+    /// as the registry held it before the run. Either evidence that something is new exports.
+    pub export_only: Option<String>,
     /// `(stage, command)` of every `RUN` in `chain`, whitespace collapsed: when another build
     /// ran a shared step that failed, this build's progress shows only BuildKit's error, which
     /// quotes the command.

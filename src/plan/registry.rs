@@ -1,5 +1,6 @@
 //! A package with a registry cache: one `docker buildx build` of the final target that reads
-//! and writes one cache manifest holding every stage's layers.
+//! one cache manifest holding every stage's layers; where it pushes the final image, the
+//! cache is exported by a second, export-only build that runs only when something is new.
 
 use super::{
     add_attestations, chain, common, final_images, runs, Action, Boundary, Build, Input, Options,
@@ -10,6 +11,15 @@ use crate::config::PushCache;
 /// Plans the steps of `input` into `plan`.
 /// The build also waits for `restores` (of the package's travelling cache mounts); it exports
 /// the cache and pushes final tags only where `boundary` lets the run write them.
+///
+/// With `--push` (and without `--no-cache`) the final build pushes the image without
+/// `--cache-to`: an export costs seconds even when every step came from the cache (BuildKit
+/// prepares and uploads a new cache manifest and config for the same records). The export is a
+/// second build of the same target with `--output type=cacheonly`, all of whose steps the
+/// engine then holds, which runs unless the registry already holds everything: no step of the
+/// final build ran (its progress) and every layer of the pushed image is among the registry
+/// cache's layers (the registry's own manifests, asked before and after the build). It may
+/// start while the final build goes on, once a step is seen to run; BuildKit shares the steps.
 pub(super) fn plan(
     plan: &mut Plan,
     input: &Input,
@@ -38,30 +48,45 @@ pub(super) fn plan(
     let push_finals = options.push == Push::All;
     let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
 
-    let mut args: Vec<String> = vec!["buildx".into(), "build".into()];
-    if let Some(builder) = &options.builder {
-        args.extend(["--builder".into(), builder.clone()]);
-    }
-    args.push(options.cli.progress(true).into());
-    args.extend(common.head.iter().cloned());
-    if let Some(target) = package.target_arg(package.target) {
-        args.extend(["--target".into(), target]);
-    }
-    for r in &refs.read {
-        args.extend(["--cache-from".into(), format!("type=registry,ref={r}")]);
-    }
+    let start = |plan_args: &mut Vec<String>| {
+        plan_args.extend(["buildx".into(), "build".into()]);
+        if let Some(builder) = &options.builder {
+            plan_args.extend(["--builder".into(), builder.clone()]);
+        }
+        plan_args.push(options.cli.progress(true).into());
+        plan_args.extend(common.head.iter().cloned());
+        if let Some(target) = package.target_arg(package.target) {
+            plan_args.extend(["--target".into(), target]);
+        }
+        for r in &refs.read {
+            plan_args.extend(["--cache-from".into(), format!("type=registry,ref={r}")]);
+        }
+    };
     let exports = if options.push != Push::Nothing {
         refs.write.clone()
     } else {
         None
     };
-    if let Some(w) = &exports {
+    let cache_to = |cache: &str| {
         let mut to =
-            format!("type=registry,ref={w},mode=max,image-manifest=true,oci-mediatypes=true");
+            format!("type=registry,ref={cache},mode=max,image-manifest=true,oci-mediatypes=true");
         if best_effort {
             to.push_str(",ignore-error=true");
         }
-        args.extend(["--cache-to".into(), to]);
+        vec!["--cache-to".to_string(), to]
+    };
+    // The export gets a build of its own where the final build pushes the image (the pushed
+    // image's layers are then in the registry to compare), and where the final build's steps
+    // stay in the engine for it (`--no-cache` would run them all again).
+    let separate_export = match (&exports, finals.first()) {
+        (Some(_), Some(first)) if push_finals && !options.no_cache => Some(first.clone()),
+        _ => None,
+    };
+
+    let mut args: Vec<String> = Vec::new();
+    start(&mut args);
+    if let (Some(cache), None) = (&exports, &separate_export) {
+        args.extend(cache_to(cache));
     }
     for image in &finals {
         args.extend(["--tag".into(), image.clone()]);
@@ -86,20 +111,53 @@ pub(super) fn plan(
         own_cache: refs.read.clone(),
         finals,
         runs: runs(package, &chain),
-        chain,
+        chain: chain.clone(),
         skip_if_current: false,
-        exports: exports.clone(),
+        exports: if separate_export.is_some() {
+            None
+        } else {
+            exports.clone()
+        },
         export_best_effort: best_effort,
         pushes: push_finals,
+        export_only: None,
     };
-    let id = plan.add(
+    // What the registry cache holds before the run: its layers decide the export's skip.
+    if let (Some(cache), Some(_)) = (&exports, &separate_export) {
+        plan.inspect(name, &options.docker, cache, Role::Cache, vec![]);
+    }
+    let mut id = plan.add(
         name,
-        Action::Build(build),
+        Action::Build(build.clone()),
         &options.docker,
         args,
         vec![],
         restores.to_vec(),
     );
+    if let (Some(cache), Some(image)) = (&exports, separate_export) {
+        let built = plan.inspect(name, &options.docker, &image, Role::Built, vec![id]);
+        let mut args = Vec::new();
+        start(&mut args);
+        args.extend(cache_to(cache));
+        args.extend(["--output".into(), "type=cacheonly".into()]);
+        args.extend(common.tail.iter().cloned());
+        let export = Build {
+            is_final: false,
+            finals: Vec::new(),
+            exports: Some(cache.clone()),
+            pushes: false,
+            export_only: Some(image),
+            ..build
+        };
+        id = plan.add(
+            name,
+            Action::Build(export),
+            &options.docker,
+            args,
+            vec![],
+            vec![id, built],
+        );
+    }
     // `ignore-error=true` hides a failed export: ask afterwards whether the cache is there.
     if let (Some(cache), true) = (&exports, best_effort) {
         plan.inspect(name, &options.docker, cache, Role::Written, vec![id]);

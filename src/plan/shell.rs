@@ -52,6 +52,7 @@ impl Step {
                     Role::Cache => "whether the registry holds this cache image decides the skips below",
                     Role::Written => "whether the best-effort cache export wrote the cache",
                     Role::Fallback => "the default branch's cache, which this branch falls back to: a missing one is warned of",
+                    Role::Built => "the layers of the image just pushed: with the registry cache's, they decide whether the export below runs",
                 };
                 format!("{line}  # {why}")
             }
@@ -70,6 +71,12 @@ impl Step {
                 ..
             }) => format!(
                 "{line}  # skipped when nothing in it ran and the registry holds its cache"
+            ),
+            Action::Build(Build {
+                export_only: Some(image),
+                ..
+            }) => format!(
+                "{line}  # exports the registry cache; skipped when no step ran and the registry cache holds every layer of `{image}`; may start once a step is seen to run"
             ),
             Action::Push(PushTag {
                 skip_if_current: true,

@@ -505,7 +505,10 @@ fn registry_cache_is_one_buildx_build() {
     expect![[r#"
         # package `service`
         docker manifest inspect -v registry.example/acme/service:cache-main  # the default branch's cache, which this branch falls back to: a missing one is warned of
-        docker buildx build --progress=rawjson --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
+        docker manifest inspect -v registry.example/acme/service:cache-feature-x  # whether the registry holds this cache image decides the skips below
+        docker buildx build --progress=rawjson --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --tag registry.example/acme/service:latest --provenance=false --push -f /src/service/Dockerfile /src/service
+        docker manifest inspect -v registry.example/acme/service:latest  # the layers of the image just pushed: with the registry cache's, they decide whether the export below runs
+        docker buildx build --progress=rawjson --platform linux/amd64,linux/arm64 --target runtime --cache-from type=registry,ref=registry.example/acme/service:cache-feature-x --cache-from type=registry,ref=registry.example/acme/service:cache-main --cache-to type=registry,ref=registry.example/acme/service:cache-feature-x,mode=max,image-manifest=true,oci-mediatypes=true --output type=cacheonly -f /src/service/Dockerfile /src/service  # exports the registry cache; skipped when no step ran and the registry cache holds every layer of `registry.example/acme/service:latest`; may start once a step is seen to run
     "#]]
     .assert_eq(&pushed);
     config.platforms.clear();
@@ -726,18 +729,68 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     let mut registry = config.clone();
     registry.cache = CacheMode::Registry;
     let plan = marked(registry, &all);
-    assert_eq!(plan.steps.len(), 4, "{}", plan.to_shell());
+    // The check's three questions, the cache's layers, the final build, the pushed image's
+    // layers, the export-only build.
+    assert_eq!(plan.steps.len(), 7, "{}", plan.to_shell());
     assert!(matches!(
         &plan.steps[2].action,
         Action::Inspect(Inspect { role: Role::Export, image, .. }) if image.ends_with(":buildcache")
     ));
-    let build = plan.steps[3].to_shell();
+    assert!(matches!(
+        &plan.steps[3].action,
+        Action::Inspect(Inspect { role: Role::Cache, image, .. }) if image.ends_with(":buildcache")
+    ));
+    let build = plan.steps[4].to_shell();
     assert!(
         build.contains(
             "--tag registry.example/acme/service:latest --tag registry.example/acme/service:inputs-"
-        ) && build.contains(" --push "),
+        ) && build.contains(" --push ")
+            && !build.contains("--cache-to"),
         "{build}"
     );
+    assert!(matches!(
+        &plan.steps[5].action,
+        Action::Inspect(Inspect { role: Role::Built, image, .. }) if image.ends_with(":latest")
+    ));
+    assert!(
+        plan.steps[5].after.contains(&4),
+        "{:?}",
+        plan.steps[5].after
+    );
+    let export = &plan.steps[6];
+    assert!(
+        matches!(&export.action, Action::Build(b) if b.export_only.as_deref() == Some("registry.example/acme/service:latest") && !b.pushes && b.finals.is_empty()),
+        "{}",
+        export.to_shell()
+    );
+    assert!(
+        export.after.contains(&4) && export.after.contains(&5),
+        "{:?}",
+        export.after
+    );
+    let export = export.to_shell();
+    assert!(
+        export.contains(
+            "--cache-to type=registry,ref=registry.example/acme/service:buildcache,mode=max"
+        ) && export.contains("--output type=cacheonly")
+            && !export.contains("--tag")
+            && !export.contains("--push"),
+        "{export}"
+    );
+    // `--no-cache` keeps the export in the one build: a second build would run every step again.
+    let no_cache = marked(
+        {
+            let mut c = config.clone();
+            c.cache = CacheMode::Registry;
+            c
+        },
+        &Options {
+            no_cache: true,
+            ..all.clone()
+        },
+    );
+    assert_eq!(no_cache.steps.len(), 1, "{}", no_cache.to_shell());
+    assert!(no_cache.steps[0].to_shell().contains("--cache-to"));
 }
 
 #[test]

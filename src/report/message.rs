@@ -92,6 +92,10 @@ enum Detail<'a> {
         exports: &'a Option<String>,
         pushes_itself: bool,
         skipped_when_current: bool,
+        /// An export-only build of the registry cache: the final image whose layers decide
+        /// its skip.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        export_only: &'a Option<String>,
     },
     Push {
         image: &'a str,
@@ -118,6 +122,7 @@ fn role(role: Role) -> &'static str {
         Role::Cache => "cache",
         Role::Written => "written",
         Role::Fallback => "fallback",
+        Role::Built => "built",
     }
 }
 
@@ -165,6 +170,7 @@ impl<'a> PlanMessage<'a> {
                         exports: &b.exports,
                         pushes_itself: b.pushes,
                         skipped_when_current: b.skip_if_current,
+                        export_only: &b.export_only,
                     },
                     Action::Push(p) => Detail::Push {
                         image: &p.image,

@@ -18,7 +18,11 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
     let mut builds: BTreeMap<(&str, &str), &crate::plan::Build> = BTreeMap::new();
     let mut ran: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for step in &plan.steps {
+        // The registry cache's export-only build repeats the final build's steps.
         if let Action::Build(b) = &step.action {
+            if b.export_only.is_some() {
+                continue;
+            }
             builds.insert((step.package.as_str(), b.stage.as_str()), b);
             if let Some(progress) = run.get(step.id).and_then(|r| r.progress.as_ref()) {
                 ran.entry(step.package.as_str())
@@ -33,6 +37,9 @@ pub fn silent_misses(plan: &Plan, run: &RunResult) -> Vec<String> {
         let Action::Build(build) = &step.action else {
             continue;
         };
+        if build.export_only.is_some() {
+            continue;
+        }
         let Some(progress) = run.get(step.id).and_then(|r| r.progress.as_ref()) else {
             continue;
         };

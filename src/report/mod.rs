@@ -275,6 +275,14 @@ impl Listener for Reporter {
             // Says what it found, or did, when it is done.
             Action::Inspect(_) | Action::Mark { .. } => return,
             Action::Pull(pull) => self.status("Pulling", &pull.image),
+            Action::Build(b) if b.export_only.is_some() => self.status(
+                "Exporting",
+                &format!(
+                    "{} registry cache `{}`",
+                    step.package,
+                    b.exports.as_deref().unwrap_or_default()
+                ),
+            ),
             Action::Build(b) => {
                 self.status("Building", &format!("{} stage `{}`", step.package, b.stage))
             }
@@ -309,15 +317,27 @@ impl Listener for Reporter {
         // The built stage's own steps, over the builds of the run so far: what its row of the
         // table says (the other stages a build has get rows of their own).
         let counts = match (&step.action, &result.progress) {
-            (Action::Build(b), Some(progress)) => self.tally.lock().ok().map(|mut tally| {
-                tally.add_build(&step.package, &b.stage, progress);
-                tally.counts(&step.package, &b.stage)
-            }),
+            // The registry cache's export-only build repeats the final build's steps.
+            (Action::Build(b), Some(progress)) if b.export_only.is_none() => {
+                self.tally.lock().ok().map(|mut tally| {
+                    tally.add_build(&step.package, &b.stage, progress);
+                    tally.counts(&step.package, &b.stage)
+                })
+            }
             _ => None,
         };
         match &result.outcome {
             _ if quiet => {}
             Outcome::Done => match (&step.action, counts) {
+                (Action::Build(b), _) if b.export_only.is_some() => self.status(
+                    "Exported",
+                    &format!(
+                        "{} registry cache `{}` in {:.1}s",
+                        step.package,
+                        b.exports.as_deref().unwrap_or_default(),
+                        result.seconds
+                    ),
+                ),
                 (Action::Build(b), Some((cached, steps))) => self.status(
                     "Built",
                     &format!(
@@ -355,6 +375,14 @@ impl Listener for Reporter {
             },
             Outcome::Skipped(why) => match &step.action {
                 Action::Pull(_) => self.info(why),
+                Action::Build(b) if b.export_only.is_some() => self.status(
+                    "Fresh",
+                    &format!(
+                        "{} registry cache `{}` ({why})",
+                        step.package,
+                        b.exports.as_deref().unwrap_or_default()
+                    ),
+                ),
                 Action::Build(b) => self.status(
                     "Fresh",
                     &format!("{} stage `{}` ({why})", step.package, b.stage),

@@ -116,6 +116,9 @@ pub fn stage_reports(plan: &Plan, run: &RunResult) -> Vec<StageReport> {
             continue;
         }
         match &step.action {
+            // The registry cache's export-only build repeats the final build's steps, taken
+            // from the engine (or shared while they run): the final build's counts are the run's.
+            Action::Build(build) if build.export_only.is_some() => {}
             Action::Build(build) => {
                 if let Some(progress) = &result.progress {
                     tally.add_build(&step.package, &build.stage, progress);

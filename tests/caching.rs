@@ -416,6 +416,120 @@ fn registry_cache_on_the_modern_engine_and_refused_before_any_work_on_the_classi
     );
 }
 
+/// The `step-finished` event of the registry cache's export-only build.
+fn export_build(run: &Run) -> serde_json::Value {
+    let events = support::events(run);
+    let plan = events
+        .iter()
+        .rfind(|e| e["reason"] == "plan")
+        .expect("a plan event");
+    let id = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "build" && s["detail"]["export_only"].is_string())
+        .expect("an export-only build in the plan")["id"]
+        .clone();
+    events
+        .into_iter()
+        .find(|e| e["reason"] == "step-finished" && e["id"] == id)
+        .expect("the export-only build's end")
+}
+
+#[test]
+fn the_registry_cache_is_exported_only_when_a_step_ran() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    // `heavy`: its steps write random bytes, so a step that ran again is a new layer.
+    let manifest = example("heavy", &tools, &registry);
+    edit(
+        &manifest,
+        "network = \"none\"",
+        "network = \"none\"\ncache = \"registry\"\nprovenance = false",
+    );
+    let path = manifest.to_str().unwrap();
+    let args = [
+        "build",
+        "--manifest-path",
+        path,
+        "--push",
+        "--message-format",
+        "json",
+    ];
+    let mut rebuild = args.to_vec();
+    rebuild.push("--rebuild");
+    let cache = || {
+        registry
+            .manifest_digest("acme/heavy", "buildcache")
+            .unwrap()
+    };
+
+    let cold = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &cold, &args));
+    cold.stop();
+    assert_eq!(export_build(&run)["outcome"], "done", "{}", run.stderr);
+    let first_cache = cache().expect("the registry cache");
+
+    // Through a build on a fresh agent, nothing new: the registry receives no blob at all (an
+    // export would store a new cache manifest and config for the same records).
+    let before = stored_blobs(&registry);
+    let unchanged = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &unchanged, &rebuild));
+    unchanged.stop();
+    assert!(
+        kinds_done(&run).contains(&"build".to_string()),
+        "{}",
+        run.stderr
+    );
+    let export = export_build(&run);
+    assert_eq!(export["outcome"], "skipped", "{export}\n{}", run.stderr);
+    let after = stored_blobs(&registry);
+    let new: Vec<&String> = after.keys().filter(|d| !before.contains_key(*d)).collect();
+    assert!(new.is_empty(), "new blobs: {new:?}\n{}", run.stderr);
+    assert_eq!(
+        cache(),
+        Some(first_cache.clone()),
+        "the cache left as it was"
+    );
+
+    // An edit on a fresh agent: the export runs, and stores the new layer's records.
+    let main = manifest.parent().unwrap().join("src/main.rs");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{text}// an edit\n")).unwrap();
+    let before = stored_blobs(&registry);
+    let changed = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &changed, &args));
+    changed.stop();
+    assert_eq!(export_build(&run)["outcome"], "done", "{}", run.stderr);
+    let second_cache = cache().expect("the registry cache");
+    assert_ne!(second_cache, first_cache, "a new cache manifest");
+    let new = stored_blobs(&registry)
+        .into_iter()
+        .filter(|(d, _)| !before.contains_key(d))
+        .filter(|(_, path)| {
+            let bytes = std::fs::read(path).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+        })
+        .count();
+    assert!(new > 0, "the edit's layers are stored");
+
+    // The next fresh agent finds every step of the edited build in that cache.
+    let next = tools.modern_engine().unwrap();
+    let run = ok(tool(&tools.cli28, &next, &rebuild));
+    next.stop();
+    for (stage, steps, cached) in stage_counts(&run) {
+        assert_eq!(
+            cached, steps,
+            "stage {stage}: {cached}/{steps} from the registry cache\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(export_build(&run)["outcome"], "skipped", "{}", run.stderr);
+    assert_eq!(cache(), Some(second_cache));
+}
+
 /// A build step of the tool's plan, as its `plan` event gives it.
 struct PlannedBuild {
     program: String,

@@ -29,7 +29,7 @@ use serde::Serialize;
 use testbed::{Engine, Flavor, Registry, Tools};
 
 use contender::{Contender, ContenderArg, Programs};
-use fixture::{Copy, Fixture, FixtureName};
+use fixture::{Checkout, Fixture, FixtureName};
 use measure::{StageSteps, Traffic};
 
 /// Arguments of `bench`.
@@ -66,6 +66,12 @@ pub enum Scenario {
     Warm,
     /// One source file changed since then.
     Changed,
+    /// The next commit, which changes no file the images are made of (only their revision
+    /// label): what most CI runs on a branch look like.
+    NextCommit,
+    /// One dependency bumped in `Cargo.lock` (and its vendored sources), as a dependency bot's
+    /// pull request does (Rust fixtures).
+    DepBump,
 }
 
 impl Scenario {
@@ -75,12 +81,31 @@ impl Scenario {
             Scenario::Cold => "cold",
             Scenario::Warm => "warm",
             Scenario::Changed => "changed",
+            Scenario::NextCommit => "next-commit",
+            Scenario::DepBump => "dep-bump",
+        }
+    }
+
+    /// Its name in the tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::Cold => "cold",
+            Scenario::Warm => "warm (same commit)",
+            Scenario::Changed => "source edit",
+            Scenario::NextCommit => "next commit (no layer changed)",
+            Scenario::DepBump => "dependency bump",
         }
     }
 }
 
 /// Every scenario, in order.
-const SCENARIOS: [Scenario; 3] = [Scenario::Cold, Scenario::Warm, Scenario::Changed];
+const SCENARIOS: [Scenario; 5] = [
+    Scenario::Cold,
+    Scenario::Warm,
+    Scenario::NextCommit,
+    Scenario::Changed,
+    Scenario::DepBump,
+];
 
 /// The contenders of each scenario of one fixture.
 type PerScenario = Vec<(Scenario, Vec<Contender>)>;
@@ -104,6 +129,11 @@ pub struct RunRecord {
     /// Dockerfile steps per stage (the tool's JSON event; BuildKit's plain progress for the
     /// others); `None` where nothing was built.
     pub stages: Option<Vec<StageSteps>>,
+    /// The tool's steps as they ran (its JSON events).
+    pub timeline: Vec<measure::Span>,
+    /// The slowest BuildKit vertices (plain progress; the tool's with `-v`, which the Rust
+    /// fixtures' runs have).
+    pub vertices: Vec<measure::Vertex>,
 }
 
 impl RunRecord {
@@ -227,6 +257,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         stopping: None,
         pending: None,
         out_dir: out_dir.clone(),
+        rust: testbed::rust::find(),
+        build_args: Vec::new(),
     };
     let plan: Vec<(Fixture, PerScenario)> = fixtures
         .iter()
@@ -237,7 +269,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let cs: Vec<Contender> = contenders
                         .iter()
                         .copied()
-                        .filter(|c| c.scenarios().contains(&s) && c.measures(*f))
+                        .filter(|c| c.scenarios(*f).contains(&s))
                         .collect();
                     (s, cs)
                 })
@@ -418,6 +450,10 @@ struct Bench {
     stopping: Option<JoinHandle<()>>,
     pending: Option<Pending>,
     out_dir: PathBuf,
+    /// The Rust images, where they are made.
+    rust: Option<testbed::rust::RustImages>,
+    /// The build arguments of the current registry's fixture (`KEY=VALUE`).
+    build_args: Vec<String>,
 }
 
 impl Bench {
@@ -439,14 +475,16 @@ impl Bench {
         // Cold: every run gets a new, empty registry.
         let cold = of(Scenario::Cold);
         if !cold.is_empty() {
-            let copies = self.copies(fixture, &cold)?;
+            let mut copies = self.copies(fixture, &cold)?;
             for round in 0..self.runs {
                 for c in rotate(&cold, round) {
                     let mut registry = self.tools.registry()?;
-                    let copy = copies.get(&c.reads_from().unwrap_or(c));
+                    self.serve(fixture, &registry)?;
+                    let copy = copies.get_mut(&c.reads_from().unwrap_or(c));
                     if let Some(copy) = copy {
-                        copy.point_at(&registry.addr())?;
+                        copy.point_at(&registry.addr(), &self.build_args)?;
                     }
+                    let copy = copies.get(&c.reads_from().unwrap_or(c));
                     self.measure(fixture, Scenario::Cold, c, copy, &registry, round)?;
                     registry.stop();
                     self.settle(&registry);
@@ -454,28 +492,38 @@ impl Bench {
             }
         }
 
-        // Warm and changed: one registry, filled first by each contender's own cold run.
+        // The other scenarios: one registry, filled first by each contender's own cold run;
+        // each scenario's change (a commit) starts from where the one before left.
         let warm = of(Scenario::Warm);
+        let next = of(Scenario::NextCommit);
         let changed = of(Scenario::Changed);
-        if warm.is_empty() && changed.is_empty() {
+        let bumped = of(Scenario::DepBump);
+        if warm.is_empty() && next.is_empty() && changed.is_empty() && bumped.is_empty() {
             return Ok(());
         }
-        let mut needed: BTreeSet<Contender> = warm.iter().chain(&changed).copied().collect();
+        let mut needed: BTreeSet<Contender> = warm
+            .iter()
+            .chain(&next)
+            .chain(&changed)
+            .chain(&bumped)
+            .copied()
+            .collect();
         // The best builds and the floors read what a tool contender pushed.
         let read: Vec<Contender> = needed.iter().filter_map(|c| c.reads_from()).collect();
         needed.extend(read);
         let needed: Vec<Contender> = needed.into_iter().collect();
         let mut registry = self.tools.registry()?;
+        self.serve(fixture, &registry)?;
         let mut copies = self.copies(fixture, &needed)?;
-        for copy in copies.values() {
-            copy.point_at(&registry.addr())?;
+        for copy in copies.values_mut() {
+            copy.point_at(&registry.addr(), &self.build_args)?;
         }
         // Seed and tool contenders fill their own tags with a cold run; the best builds then
         // push their own final image once, so that their timed runs, like the tool's, push
         // layers the registry already holds.
         for c in needed
             .iter()
-            .filter(|c| c.scenarios().contains(&Scenario::Cold))
+            .filter(|c| c.scenarios(fixture.name).contains(&Scenario::Cold))
             .chain(
                 needed
                     .iter()
@@ -518,6 +566,20 @@ impl Bench {
             }
         }
         for round in 0..self.runs {
+            for c in rotate(&next, round) {
+                let copy = copies.get_mut(&c).context("a contender has a copy")?;
+                copy.commit("the next commit")?;
+                self.measure(
+                    fixture,
+                    Scenario::NextCommit,
+                    c,
+                    copies.get(&c),
+                    &registry,
+                    round,
+                )?;
+            }
+        }
+        for round in 0..self.runs {
             for c in rotate(&changed, round) {
                 let copy = copies
                     .get_mut(&c)
@@ -533,8 +595,39 @@ impl Bench {
                 )?;
             }
         }
+        if let Some(krate) = fixture.bumped {
+            for round in 0..self.runs {
+                for c in rotate(&bumped, round) {
+                    let copy = copies.get_mut(&c).context("a contender has a copy")?;
+                    let version = copy.bump(krate)?;
+                    println!("bench: {name} dep-bump {}: `{krate}` {version}", c.id());
+                    self.measure(
+                        fixture,
+                        Scenario::DepBump,
+                        c,
+                        copies.get(&c),
+                        &registry,
+                        round,
+                    )?;
+                }
+            }
+        }
         registry.stop();
         self.settle(&registry);
+        Ok(())
+    }
+
+    /// Puts the Rust images into `registry` where `fixture` builds from them, as an image hub
+    /// would serve them, and keeps their build arguments for the commands.
+    fn serve(&mut self, fixture: &Fixture, registry: &Registry) -> Result<()> {
+        self.build_args = if fixture.name.is_rust() {
+            let images = self.rust.as_ref().context(
+                "the Rust images are missing; make them with `cargo xtask engine install`",
+            )?;
+            images.serve(registry)?.build_args().to_vec()
+        } else {
+            Vec::new()
+        };
         Ok(())
     }
 
@@ -543,14 +636,20 @@ impl Bench {
         &self,
         fixture: &Fixture,
         contenders: &[Contender],
-    ) -> Result<BTreeMap<Contender, Copy>> {
+    ) -> Result<BTreeMap<Contender, Checkout>> {
         contenders
             .iter()
             .filter(|c| c.owns_copy())
             .map(|&c| {
                 Ok((
                     c,
-                    Copy::new(fixture.name, &self.tools.busybox, c.id(), c.table_extra())?,
+                    Checkout::new(
+                        fixture.name,
+                        &self.tools.busybox,
+                        c.id(),
+                        c.table_extra(),
+                        c.dockerfile_variant(fixture.name),
+                    )?,
                 ))
             })
             .collect()
@@ -597,7 +696,7 @@ impl Bench {
         &mut self,
         fixture: &Fixture,
         contender: Contender,
-        copy: Option<&Copy>,
+        copy: Option<&Checkout>,
         registry: &Registry,
     ) -> Result<()> {
         self.settle(registry);
@@ -605,6 +704,7 @@ impl Bench {
         let mut attempt = 1;
         loop {
             let offset = registry.log().len();
+            let clone = copy.map(Checkout::clone_fresh).transpose()?;
             let engine = self
                 .agent(contender.engine())?
                 .context("a building contender has an engine")?;
@@ -612,8 +712,9 @@ impl Bench {
                 &self.programs,
                 contender,
                 fixture,
-                copy,
+                clone.as_ref(),
                 &registry.addr(),
+                &self.build_args,
                 false,
             );
             let timed = contender::execute(&cmds, Some(&engine.host()), &engine.docker_config());
@@ -647,11 +748,12 @@ impl Bench {
         fixture: &Fixture,
         scenario: Scenario,
         contender: Contender,
-        copy: Option<&Copy>,
+        copy: Option<&Checkout>,
         registry: &Registry,
         round: u32,
     ) -> Result<()> {
         self.settle(registry);
+        let clone = copy.map(Checkout::clone_fresh).transpose()?;
         let offset = registry.log().len();
         let stored_before = registry.storage_bytes();
         let engine = self.agent(contender.engine())?;
@@ -669,9 +771,11 @@ impl Bench {
             &self.programs,
             contender,
             fixture,
-            copy,
+            clone.as_ref(),
             &registry.addr(),
-            false,
+            &self.build_args,
+            // With `-v` the tool prints BuildKit's progress: where a Rust build's time went.
+            fixture.name.is_rust(),
         );
         let host = engine.as_ref().map(|e| e.host());
 
@@ -710,6 +814,21 @@ impl Bench {
             traffic: Traffic::default(),
             pushed_bytes: stored_after as i64 - stored_before as i64,
             stages,
+            timeline: if contender.is_tool() {
+                timed
+                    .printed
+                    .first()
+                    .map(|p| measure::timeline(&p.stdout))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            vertices: {
+                let outputs: Vec<&str> = timed.printed.iter().map(|p| p.stderr.as_str()).collect();
+                let mut v = measure::vertices(&outputs);
+                v.truncate(8);
+                v
+            },
         };
         let cell = match self.cells.iter().position(|c| {
             c.fixture == fixture.name && c.scenario == scenario && c.contender == contender

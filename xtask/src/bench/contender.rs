@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use testbed::Flavor;
 
-use super::fixture::{self, Copy, Fixture, FixtureName};
+use super::fixture::{self, Clone, Fixture, FixtureName};
 use super::Scenario;
 
 /// One way of getting the fixture's final image built and pushed (or, for the floors, fetched).
@@ -23,6 +23,9 @@ pub enum Contender {
     ToolClassic,
     /// The same with `cache = "registry"` and `provenance = false`, modern engine.
     ToolRegistry,
+    /// `tool-registry` with `cache-mounts = true`, on the fixture's cache-mount Dockerfile
+    /// (`target/` and cargo's registry in `RUN --mount=type=cache`), modern engine.
+    ToolMounts,
     /// `tool-classic` with `--rebuild`: through a build even where the registry holds it (as
     /// after a commit that changes only the image's revision label).
     ToolClassicRebuild,
@@ -46,11 +49,12 @@ pub enum Contender {
 }
 
 /// Every contender, in report order.
-pub const ALL: [Contender; 13] = [
+pub const ALL: [Contender; 14] = [
     Contender::SeedClassic,
     Contender::SeedModern,
     Contender::ToolClassic,
     Contender::ToolRegistry,
+    Contender::ToolMounts,
     Contender::ToolClassicRebuild,
     Contender::ToolRegistryRebuild,
     Contender::BestClassic,
@@ -75,6 +79,8 @@ pub enum ContenderArg {
     ToolClassic,
     /// The tool, registry cache, modern engine.
     ToolRegistry,
+    /// The tool, registry cache and travelling cache mounts, modern engine (Rust fixtures).
+    ToolMounts,
     /// The tool on both engines with `--rebuild` (warm only).
     ToolRebuild,
     /// The best one-command BuildKit build on both engines.
@@ -101,6 +107,7 @@ impl ContenderArg {
             ContenderArg::SeedModern => &[Contender::SeedModern],
             ContenderArg::ToolClassic => &[Contender::ToolClassic],
             ContenderArg::ToolRegistry => &[Contender::ToolRegistry],
+            ContenderArg::ToolMounts => &[Contender::ToolMounts],
             ContenderArg::ToolRebuild => &[
                 Contender::ToolClassicRebuild,
                 Contender::ToolRegistryRebuild,
@@ -127,6 +134,7 @@ impl Contender {
             Contender::SeedModern => "seed-modern",
             Contender::ToolClassic => "tool-classic",
             Contender::ToolRegistry => "tool-registry",
+            Contender::ToolMounts => "tool-mounts",
             Contender::ToolClassicRebuild => "tool-classic-rebuild",
             Contender::ToolRegistryRebuild => "tool-registry-rebuild",
             Contender::BestClassic => "best-classic",
@@ -146,6 +154,7 @@ impl Contender {
             Contender::SeedModern => "seed-script (modern)",
             Contender::ToolClassic => "tool-classic",
             Contender::ToolRegistry => "tool-registry (modern)",
+            Contender::ToolMounts => "tool-registry + cache-mounts (modern)",
             Contender::ToolClassicRebuild => "tool-classic --rebuild",
             Contender::ToolRegistryRebuild => "tool-registry --rebuild (modern)",
             Contender::BestClassic => "best-buildkit (classic)",
@@ -163,6 +172,7 @@ impl Contender {
         match self {
             Contender::SeedModern
             | Contender::ToolRegistry
+            | Contender::ToolMounts
             | Contender::ToolRegistryRebuild
             | Contender::BestModern
             | Contender::SingleModern
@@ -172,31 +182,44 @@ impl Contender {
         }
     }
 
-    /// Whether it is measured on `fixture` at all: the cold lower bound only where its goal is
-    /// (five-stage), which keeps a full run within about 20 minutes.
-    pub fn measures(self, fixture: FixtureName) -> bool {
-        !matches!(
-            self,
-            Contender::SingleBuildkit | Contender::SingleModern | Contender::SingleModernCache
-        ) || fixture == FixtureName::FiveStage
-    }
-
-    /// The scenarios it is measured in.
-    pub fn scenarios(self) -> &'static [Scenario] {
+    /// The scenarios it is measured in on `fixture`: the cold lower bounds only where their
+    /// goal is (five-stage); on the Rust fixtures, which take a minute a cold build, the
+    /// scenarios CI meets (no `warm`: the registry check's skip does not depend on the
+    /// language) with the best hand-written command (one build with its own registry cache)
+    /// and the cache-mount route beside the seed script and the tool.
+    pub fn scenarios(self, fixture: FixtureName) -> &'static [Scenario] {
+        use Scenario::{Changed, Cold, DepBump, NextCommit, Warm};
+        if fixture.is_rust() {
+            return match self {
+                Contender::SeedClassic
+                | Contender::SeedModern
+                | Contender::ToolClassic
+                | Contender::ToolRegistry
+                | Contender::ToolMounts
+                | Contender::SingleModernCache => &[Cold, NextCommit, Changed, DepBump],
+                _ => &[],
+            };
+        }
         match self {
             Contender::SeedClassic
             | Contender::SeedModern
             | Contender::ToolClassic
-            | Contender::ToolRegistry => &[Scenario::Cold, Scenario::Warm, Scenario::Changed],
+            | Contender::ToolRegistry => &[Cold, Warm, NextCommit, Changed],
             Contender::BestClassic
             | Contender::BestModern
             | Contender::ToolClassicRebuild
             | Contender::ToolRegistryRebuild
             | Contender::Floor
-            | Contender::FloorManifest => &[Scenario::Warm],
-            Contender::SingleBuildkit | Contender::SingleModern | Contender::SingleModernCache => {
-                &[Scenario::Cold]
+            | Contender::FloorManifest => &[Warm],
+            Contender::SingleBuildkit | Contender::SingleModern | Contender::SingleModernCache
+                if fixture == FixtureName::FiveStage =>
+            {
+                &[Cold]
             }
+            Contender::SingleBuildkit
+            | Contender::SingleModern
+            | Contender::SingleModernCache
+            | Contender::ToolMounts => &[],
         }
     }
 
@@ -212,12 +235,21 @@ impl Contender {
         self.builds() && self.reads_from().is_none()
     }
 
+    /// The Dockerfile, next to the example's, that its checkout builds instead (`None`: the
+    /// example's own).
+    pub fn dockerfile_variant(self, _fixture: FixtureName) -> Option<&'static str> {
+        None
+    }
+
     /// Lines its copy adds to the fixture's `[package.metadata.docker]`.
     pub fn table_extra(self) -> &'static str {
         match self {
             // No attestation manifests: the other contenders push none either.
             Contender::ToolRegistry | Contender::ToolRegistryRebuild => {
                 "cache = \"registry\"\nprovenance = false"
+            }
+            Contender::ToolMounts => {
+                "cache = \"registry\"\nprovenance = false\ncache-mounts = true"
             }
             _ => "",
         }
@@ -229,6 +261,7 @@ impl Contender {
             self,
             Contender::ToolClassic
                 | Contender::ToolRegistry
+                | Contender::ToolMounts
                 | Contender::ToolClassicRebuild
                 | Contender::ToolRegistryRebuild
         )
@@ -307,16 +340,32 @@ pub struct Programs {
     pub tool: PathBuf,
 }
 
-/// The commands of one run of `contender` on `fixture`, whose build context is the copy `copy`,
+/// The commands of one run of `contender` on `fixture`, whose build context is the clone `copy`,
 /// against the registry `addr`. `verbose` adds the tool's `-v` (for the profile run).
 pub fn commands(
     programs: &Programs,
     contender: Contender,
     fixture: &Fixture,
-    copy: Option<&Copy>,
+    copy: Option<&Clone>,
     addr: &str,
+    build_args: &[String],
     verbose: bool,
 ) -> Vec<Cmd> {
+    let with_args = |mut args: Vec<String>| {
+        // After `build` / `buildx build`.
+        let at = if args.first().map(String::as_str) == Some("buildx") {
+            2
+        } else {
+            1
+        };
+        for (i, a) in build_args.iter().enumerate() {
+            args.splice(
+                at + 2 * i..at + 2 * i,
+                ["--build-arg".to_string(), a.clone()],
+            );
+        }
+        args
+    };
     let docker = programs.docker.as_path();
     let name = fixture.name;
     let context = || {
@@ -360,6 +409,8 @@ pub fn commands(
                 args.extend(["--tag", images[i].as_str()]);
                 let context = context();
                 args.push(&context);
+                let args = with_args(args.iter().map(|a| a.to_string()).collect());
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut build = Cmd::new(docker, &args);
                 build.env.push(("DOCKER_BUILDKIT".into(), "1".into()));
                 cmds.push(build);
@@ -371,6 +422,7 @@ pub fn commands(
         }
         Contender::ToolClassic
         | Contender::ToolRegistry
+        | Contender::ToolMounts
         | Contender::ToolClassicRebuild
         | Contender::ToolRegistryRebuild => {
             let copy = copy.expect("the tool has a copy");
@@ -411,6 +463,7 @@ pub fn commands(
                 args.extend(["--cache-from".into(), tool_image(tag)]);
             }
             args.extend(["--tag".into(), own, "--push".into(), context()]);
+            let args = with_args(args);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             vec![Cmd::new(docker, &args)]
         }
@@ -430,6 +483,8 @@ pub fn commands(
                 "--push",
                 &context,
             ]);
+            let args = with_args(args.iter().map(|a| a.to_string()).collect());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             vec![Cmd::new(docker, &args)]
         }
         Contender::SingleBuildkit | Contender::SingleModern | Contender::SingleModernCache => {
@@ -449,6 +504,8 @@ pub fn commands(
                 args.extend(["--cache-from", &from, "--cache-to", &to]);
             }
             args.push(&context);
+            let args = with_args(args.iter().map(|a| a.to_string()).collect());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             vec![Cmd::new(docker, &args)]
         }
         Contender::Floor => vec![Cmd::new(docker, &["pull", &tool_image("latest")])],

@@ -159,6 +159,129 @@ pub fn tool_steps(stdout: &str) -> Option<Vec<StageSteps>> {
     )
 }
 
+/// A BuildKit vertex and how long it took, as BuildKit printed it (`#N DONE 1.2s`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vertex {
+    /// The build it belongs to: the tool's `package/stage` prefix with `-v`, else the
+    /// command's position in the contender's list.
+    pub build: String,
+    /// Its name, e.g. `[deps 3/3] RUN cargo chef cook ...`.
+    pub name: String,
+    /// Seconds (0.1 s resolution); the longest `DONE` of the vertex where it was sent twice.
+    pub seconds: f64,
+}
+
+/// Every vertex with a time out of plain progress outputs (BuildKit's `--progress=plain`, or
+/// the tool's `-v` lines, each prefixed `[package/stage] `), slowest first.
+pub fn vertices(outputs: &[&str]) -> Vec<Vertex> {
+    let mut found: Vec<Vertex> = Vec::new();
+    for (i, output) in outputs.iter().enumerate() {
+        let mut names: BTreeMap<(String, String), String> = BTreeMap::new();
+        for line in output.lines() {
+            let (build, rest) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+                Some((build, rest)) if rest.starts_with('#') => (build.to_string(), rest),
+                _ => (format!("command {}", i + 1), line),
+            };
+            let Some((number, text)) = rest.strip_prefix('#').and_then(|r| r.split_once(' '))
+            else {
+                continue;
+            };
+            if number.parse::<u32>().is_err() {
+                continue;
+            }
+            let key = (build.clone(), number.to_string());
+            if let Some(seconds) = text
+                .strip_prefix("DONE ")
+                .and_then(|s| s.strip_suffix('s'))
+                .and_then(|s| s.parse::<f64>().ok())
+            {
+                let Some(name) = names.get(&key) else {
+                    continue;
+                };
+                match found
+                    .iter_mut()
+                    .find(|v| v.build == build && v.name == *name)
+                {
+                    Some(v) => v.seconds = v.seconds.max(seconds),
+                    None => found.push(Vertex {
+                        build,
+                        name: name.clone(),
+                        seconds,
+                    }),
+                }
+            } else if !names.contains_key(&key)
+                && (text.starts_with('[')
+                    || text.starts_with("exporting")
+                    || text.starts_with("importing")
+                    || text.starts_with("pushing")
+                    || text.starts_with("writing"))
+            {
+                names.insert(key, text.to_string());
+            }
+        }
+    }
+    found.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    found
+}
+
+/// One step of the tool's run: its kind, stage, start (seconds since the first step started)
+/// and duration, from its `step-finished` events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    /// `build`, `push`, `restore`, `export`, ...
+    pub kind: String,
+    /// The stage (or the cache mount's id), if any.
+    pub what: String,
+    /// `done`, `skipped`, ...
+    pub outcome: String,
+    /// Seconds from the first step's start.
+    pub start: f64,
+    /// Its seconds.
+    pub seconds: f64,
+    /// Bytes a cache mount's restore or export moved.
+    pub bytes: Option<u64>,
+}
+
+/// The steps of the tool's run out of its JSON events (`step-finished`), by start; skipped
+/// steps and questions left out.
+pub fn timeline(stdout: &str) -> Vec<Span> {
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| {
+            e["reason"] == "step-finished" && e["outcome"] != "skipped" && e["kind"] != "inspect"
+        })
+        .collect();
+    let time = |e: &serde_json::Value| e["start"].as_str().map(str::to_string);
+    let first = events.iter().filter_map(time).min();
+    let Some(first) = first.and_then(|t| super::profile::parse_rfc3339(&t)) else {
+        return Vec::new();
+    };
+    let mut spans: Vec<Span> = events
+        .iter()
+        .filter_map(|e| {
+            let start = super::profile::parse_rfc3339(e["start"].as_str()?)?;
+            Some(Span {
+                kind: e["kind"].as_str()?.to_string(),
+                what: e["stage"]
+                    .as_str()
+                    .or(e["image"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                outcome: e["outcome"].as_str().unwrap_or_default().to_string(),
+                start: start
+                    .duration_since(first)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                seconds: e["seconds"].as_f64().unwrap_or(0.0),
+                bytes: e["bytes"].as_u64(),
+            })
+        })
+        .collect();
+    spans.sort_by(|a, b| a.start.total_cmp(&b.start));
+    spans
+}
+
 /// The median (the mean of the middle two for an even count); `NaN` for none.
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
@@ -244,6 +367,18 @@ mod tests {
                 cached: 1
             }]
         );
+    }
+
+    #[test]
+    fn reads_vertex_times_from_plain_and_prefixed_progress() {
+        let plain = "#9 [deps 3/3] RUN cargo chef cook --release\n#9 12.0 Compiling serde\n#9 DONE 51.3s\n#10 exporting to image\n#10 DONE 2.0s\n";
+        let tool = "[svc/runtime] #4 [compile 2/2] RUN cargo build\n[svc/runtime] #4 DONE 20.1s\n";
+        let v = vertices(&[plain, tool]);
+        assert_eq!(v[0].name, "[deps 3/3] RUN cargo chef cook --release");
+        assert_eq!(v[0].seconds, 51.3);
+        assert_eq!(v[1].build, "svc/runtime");
+        assert_eq!(v[1].seconds, 20.1);
+        assert_eq!(v[2].name, "exporting to image");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use testbed::{Registry, Tools};
 
 use super::contender::{self, Cmd, Contender, Programs};
-use super::fixture::{Copy, Fixture};
+use super::fixture::{Checkout, Fixture};
 use super::measure::median;
 
 /// One step of the tool's plan as it ran.
@@ -80,7 +80,7 @@ pub fn run(
     programs: &Programs,
     contender: Contender,
     fixture: &Fixture,
-    copy: &Copy,
+    copy: &Checkout,
     registry: &Registry,
     out_dir: &Path,
 ) -> Result<Profile> {
@@ -89,7 +89,8 @@ pub fn run(
         _ => tools.engine()?,
     };
     let addr = registry.addr();
-    let cmds = contender::commands(programs, contender, fixture, Some(copy), &addr, true);
+    let clone = copy.clone_fresh()?;
+    let cmds = contender::commands(programs, contender, fixture, Some(&clone), &addr, &[], true);
     let host = engine.host();
     let timed = contender::execute(&cmds, Some(&host), &engine.docker_config());
     let printed = timed.printed.first().cloned().unwrap_or_default();
@@ -156,7 +157,7 @@ pub fn run(
         fixture.cache_tags.last().copied().unwrap_or("latest"),
     );
     let cargo = crate::test::cargo();
-    let manifest = copy.manifest.display().to_string();
+    let manifest = clone.manifest.display().to_string();
     let mut probe_cmds: Vec<Cmd> = vec![
         cmd(docker, &["--version"]),
         cmd(docker, &["buildx", "version"]),
@@ -257,7 +258,7 @@ fn cmd(program: &Path, args: &[&str]) -> Cmd {
 }
 
 /// `2026-11-27T20:49:01.569Z` (the tool's event times: UTC, milliseconds) as a time.
-fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
     let (year, month, day) = (d.next()??, d.next()??, d.next()??);

@@ -162,6 +162,94 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
         }
     };
 
+    // Real Rust first (issue 11.5, 12.7).
+    for f in fixture::ALL.into_iter().filter(|f| f.is_rust()) {
+        let n = f.as_str();
+        for (tool, seed) in [
+            (Contender::ToolClassic, Contender::SeedClassic),
+            (Contender::ToolRegistry, Contender::SeedModern),
+        ] {
+            goals.push(ratio_goal(
+                format!("{n} source edit: {} <= 0.9x {}", tool.id(), seed.label()),
+                m(f, Scenario::Changed, tool),
+                m(f, Scenario::Changed, seed),
+                0.9,
+                (tool.id(), seed.label()),
+                String::new(),
+            ));
+            goals.push(ratio_goal(
+                format!("{n} next commit: {} <= 0.1x its own cold build", tool.id()),
+                m(f, Scenario::NextCommit, tool),
+                m(f, Scenario::Cold, tool),
+                0.1,
+                ("next commit", "cold"),
+                String::new(),
+            ));
+            goals.push(ratio_goal(
+                format!("{n} cold: {} <= 1.1x {}", tool.id(), seed.label()),
+                m(f, Scenario::Cold, tool),
+                m(f, Scenario::Cold, seed),
+                1.1,
+                (tool.id(), seed.label()),
+                String::new(),
+            ));
+        }
+        let (mounts, layers, seed) = (
+            Contender::ToolMounts,
+            Contender::ToolRegistry,
+            Contender::SeedModern,
+        );
+        goals.push(ratio_goal(
+            format!("{n} dependency bump: tool-mounts <= 0.4x {}", seed.label()),
+            m(f, Scenario::DepBump, mounts),
+            m(f, Scenario::DepBump, seed),
+            0.4,
+            ("tool-mounts", seed.label()),
+            String::new(),
+        ));
+        goals.push(ratio_goal(
+            format!("{n} source edit: tool-mounts no slower than the layer route (tool-registry)"),
+            m(f, Scenario::Changed, mounts),
+            m(f, Scenario::Changed, layers),
+            1.0,
+            ("tool-mounts", "tool-registry"),
+            String::new(),
+        ));
+        goals.push(ratio_goal(
+            format!("{n} cold: the mounts' export adds <= 20% (tool-mounts <= 1.2x tool-registry)"),
+            m(f, Scenario::Cold, mounts),
+            m(f, Scenario::Cold, layers),
+            1.2,
+            ("tool-mounts", "tool-registry"),
+            String::new(),
+        ));
+    }
+
+    // The registry cache's export when no layer changed (issue 11.5): the next commit of the
+    // heavy fixture on the modern engine, against the faster seed script.
+    {
+        let h = FixtureName::Heavy;
+        let nc = Scenario::NextCommit;
+        let (c, mo) = (
+            m(h, nc, Contender::SeedClassic),
+            m(h, nc, Contender::SeedModern),
+        );
+        let (faster, name) = match (c, mo) {
+            (Some(c), Some(mo)) if mo < c => (Some(mo), "seed-script (modern)"),
+            (Some(c), _) => (Some(c), "seed-script (classic)"),
+            (None, mo) => (mo, "seed-script (modern)"),
+        };
+        goals.push(ratio_goal(
+            "heavy next commit (no layer changed): tool-registry <= 0.35x the faster seed-script"
+                .into(),
+            m(h, nc, Contender::ToolRegistry),
+            faster,
+            0.35,
+            ("tool-registry", name),
+            String::new(),
+        ));
+    }
+
     // Warm heavy.
     let (h, w) = (FixtureName::Heavy, Scenario::Warm);
     let measured = |v: Option<f64>| v.filter(|v| v.is_finite());
@@ -389,6 +477,45 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
     goals
 }
 
+/// Where the time of each cell's median run went: the tool's steps (its JSON events) and the
+/// slowest BuildKit vertices (downloads, compiles, exports, pushes).
+fn timelines(out: &mut String, cells: &[&Cell]) {
+    for cell in cells {
+        let ok: Vec<&super::RunRecord> = cell.runs.iter().filter(|r| r.error.is_none()).collect();
+        let Some(run) = ok.iter().min_by(|a, b| {
+            let median = summarize(cell).median;
+            (a.seconds - median)
+                .abs()
+                .total_cmp(&(b.seconds - median).abs())
+        }) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "<details><summary>{}: where the {:.1} s of run {} went</summary>\n",
+            cell.label,
+            run.seconds,
+            run.round + 1
+        );
+        for span in &run.timeline {
+            let bytes = span
+                .bytes
+                .map(|b| format!(", {:.1} MiB", mib(b)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "- {:>6.1} s +{:.1} s: {} `{}` ({}{bytes})",
+                span.start, span.seconds, span.kind, span.what, span.outcome
+            );
+        }
+        for v in &run.vertices {
+            let name: String = v.name.chars().take(90).collect();
+            let _ = writeln!(out, "- vertex {:.1} s `[{}]` {}", v.seconds, v.build, name);
+        }
+        let _ = writeln!(out, "\n</details>\n");
+    }
+}
+
 fn num(v: f64, decimals: usize) -> String {
     if v.is_finite() {
         format!("{v:.decimals$}")
@@ -453,13 +580,13 @@ fn markdown(results: &Results) -> String {
             if cells.is_empty() {
                 continue;
             }
-            let _ = writeln!(out, "## {} {}\n", f.as_str(), s.as_str());
+            let _ = writeln!(out, "## {} {}\n", f.as_str(), s.title());
             let _ = writeln!(
                 out,
                 "| contender | median s | min–max s | agent +MiB | served MiB (req) | pushed MiB | ran/cached | × seed |"
             );
             let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|");
-            for cell in cells {
+            for cell in &cells {
                 let sum = summarize(cell);
                 let seed = median_of(&results.cells, f, s, seed_for(cell.contender));
                 let ratio = match seed {
@@ -487,6 +614,9 @@ fn markdown(results: &Results) -> String {
                 );
             }
             let _ = writeln!(out);
+            if f.is_rust() {
+                timelines(&mut out, &cells);
+            }
         }
     }
 
@@ -602,11 +732,12 @@ fn markdown(results: &Results) -> String {
 }
 
 /// Fixed colours, one per contender, in [`contender::ALL`] order.
-const COLOURS: [RGBColor; 13] = [
+const COLOURS: [RGBColor; 14] = [
     RGBColor(148, 103, 189),
     RGBColor(197, 176, 213),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
+    RGBColor(23, 190, 207),
     RGBColor(174, 199, 232),
     RGBColor(152, 223, 138),
     RGBColor(255, 127, 14),
@@ -773,6 +904,8 @@ mod tests {
                     traffic: Default::default(),
                     pushed_bytes: 0,
                     stages: None,
+                    timeline: Vec::new(),
+                    vertices: Vec::new(),
                 })
                 .collect(),
         }

@@ -237,8 +237,8 @@ impl Contender {
 
     /// The Dockerfile, next to the example's, that its checkout builds instead (`None`: the
     /// example's own).
-    pub fn dockerfile_variant(self, _fixture: FixtureName) -> Option<&'static str> {
-        None
+    pub fn dockerfile_variant(self, fixture: FixtureName) -> Option<&'static str> {
+        (self == Contender::ToolMounts && fixture.is_rust()).then_some("Dockerfile.mounts")
     }
 
     /// Lines its copy adds to the fixture's `[package.metadata.docker]`.

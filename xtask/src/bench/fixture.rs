@@ -197,7 +197,11 @@ impl Checkout {
                 .with_context(|| format!("cannot copy `{}`", from.display()))?;
         }
         let manifest = dir.join("Cargo.toml");
-        let text = fs::read_to_string(&manifest)?;
+        let mut text = fs::read_to_string(&manifest)?;
+        // The variant has stages of its own, and its registry cache needs no stage tags.
+        if variant.is_some() {
+            text = without_table(&text, "[package.metadata.docker.stages]");
+        }
         ensure!(
             text.contains(EXAMPLE_REGISTRY) && text.contains("network = \"none\""),
             "the example `{name}` no longer names `{EXAMPLE_REGISTRY}` or `network = \"none\"`; update the benchmark"
@@ -351,6 +355,23 @@ impl Checkout {
     }
 }
 
+/// `text` (a Cargo.toml) without the table `header` and its keys, up to the next table.
+fn without_table(text: &str, header: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = trimmed == header;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The version `Cargo.lock`'s text gives the package `krate` (its first entry).
 fn locked_version<'t>(text: &'t str, krate: &str) -> Option<&'t str> {
     let at = text.find(&format!("\nname = \"{krate}\"\nversion = \""))?;
@@ -413,5 +434,17 @@ mod tests {
         assert_eq!(super::locked_version(lock, "serde_json"), Some("1.0.154"));
         assert_eq!(super::locked_version(lock, "serde"), Some("1.0.228"));
         assert_eq!(super::locked_version(lock, "toml"), None);
+    }
+
+    #[test]
+    fn drops_one_table() {
+        let toml = "[package]\nname = \"a\"\n\n[package.metadata.docker]\nimage = \"x\"\n\n[package.metadata.docker.stages]\ndeps = \"deps\"\n\n[dependencies]\nserde = \"1\"\n";
+        let out = super::without_table(toml, "[package.metadata.docker.stages]");
+        assert!(
+            !out.contains("deps = ")
+                && out.contains("image = \"x\"")
+                && out.contains("serde = \"1\""),
+            "{out}"
+        );
     }
 }

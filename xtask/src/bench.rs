@@ -200,11 +200,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         tool,
     };
 
-    let fixtures: Vec<FixtureName> = if args.fixtures.is_empty() {
+    let mut fixtures: Vec<FixtureName> = if args.fixtures.is_empty() {
         fixture::ALL.to_vec()
     } else {
         dedup(&args.fixtures)
     };
+    if testbed::rust::find().is_none() && fixtures.iter().any(|f| f.is_rust()) {
+        println!(
+            "bench: the Rust images are not made (`cargo xtask engine install` makes them); skipping the Rust fixtures"
+        );
+        fixtures.retain(|f| !f.is_rust());
+    }
     let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
     } else {

@@ -145,37 +145,58 @@ impl PendingDefault {
 }
 
 /// A `git symbolic-ref refs/remotes/origin/HEAD` started by [`spawn_origin_head`].
-pub struct PendingOriginHead(Option<Child>);
+pub struct PendingOriginHead(PendingGit);
 
 /// Starts `git symbolic-ref --quiet refs/remotes/origin/HEAD` (what `git clone` sets to the
 /// remote's default branch) without waiting for it, like [`spawn_head`].
 pub fn spawn_origin_head(dir: &Path) -> PendingOriginHead {
-    PendingOriginHead(
-        Command::new("git")
-            .args(["symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok(),
-    )
+    PendingOriginHead(PendingGit::spawn(
+        dir,
+        &["symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"],
+    ))
 }
 
 impl PendingOriginHead {
     /// The branch `origin/HEAD` points at; `None` when it is not set (a clone made otherwise,
     /// a repository without a remote) or outside a git checkout.
-    pub fn wait(mut self) -> Option<String> {
+    pub fn wait(self) -> Option<String> {
+        parse_origin_head(&self.0.stdout()?)
+    }
+}
+
+/// A git command started without waiting for it, so that the caller overlaps it with other
+/// work (its output is one short line, so it never fills the pipe while nobody reads).
+struct PendingGit(Option<Child>);
+
+impl PendingGit {
+    /// Starts `git ARGS` in `dir`; a git that cannot start answers `None` when waited for.
+    fn spawn(dir: &Path, args: &[&str]) -> PendingGit {
+        PendingGit(
+            Command::new("git")
+                .args(args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok(),
+        )
+    }
+
+    /// Waits for it: its stdout when it succeeded, else `None` (outside a git checkout,
+    /// without git).
+    fn stdout(mut self) -> Option<String> {
         let out = self.0.take()?.wait_with_output().ok()?;
         if !out.status.success() {
             return None;
         }
-        parse_origin_head(std::str::from_utf8(&out.stdout).ok()?)
+        String::from_utf8(out.stdout).ok()
     }
 }
 
-impl Drop for PendingOriginHead {
-    /// Reaps a `git symbolic-ref` nobody waited for.
+impl Drop for PendingGit {
+    /// Reaps a git command nobody waited for (an early error), leaving no zombie behind in a
+    /// long-lived xtask.
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
             let _ = child.wait();
@@ -213,43 +234,21 @@ pub struct Head {
 }
 
 /// A `git log` started by [`spawn_head`] that runs while the caller does other work.
-pub struct PendingHead(Option<Child>);
+pub struct PendingHead(PendingGit);
 
 /// Starts the one `git log` of a run (the overhead of a dry run matters) without waiting for
-/// it: the caller overlaps it with loading
-/// the workspace, without a thread of its own (its output is one short line, so it never fills
-/// the pipe while nobody reads).
+/// it: the caller overlaps it with loading the workspace, without a thread of its own.
 pub fn spawn_head(dir: &Path) -> PendingHead {
-    PendingHead(
-        Command::new("git")
-            .args(["log", "-1", "--format=%H%x00%cI%x00%D", "HEAD"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok(),
-    )
+    PendingHead(PendingGit::spawn(
+        dir,
+        &["log", "-1", "--format=%H%x00%cI%x00%D", "HEAD"],
+    ))
 }
 
 impl PendingHead {
     /// Waits for `git log`; `None` outside a git checkout or without git.
-    pub fn wait(mut self) -> Option<Head> {
-        let out = self.0.take()?.wait_with_output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        parse_head(std::str::from_utf8(&out.stdout).ok()?)
-    }
-}
-
-impl Drop for PendingHead {
-    /// Reaps a `git log` nobody waited for (an early error), leaving no zombie behind in a
-    /// long-lived xtask.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.wait();
-        }
+    pub fn wait(self) -> Option<Head> {
+        parse_head(&self.0.stdout()?)
     }
 }
 
@@ -412,7 +411,7 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         // A folder in the temp dir may still lie inside some repository; GIT_DIR keeps git
         // from looking upwards.
-        let head = PendingOriginHead(
+        let head = PendingOriginHead(PendingGit(
             Command::new("git")
                 .args(["symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"])
                 .env("GIT_DIR", outside.join("none"))
@@ -420,7 +419,7 @@ mod tests {
                 .stderr(Stdio::null())
                 .spawn()
                 .ok(),
-        );
+        ));
         assert_eq!(head.wait(), None, "outside git");
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -289,15 +289,11 @@ fn dot_text(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use expect_test::expect;
 
     use super::*;
-    use crate::config::{CacheMode, Config, PushCache};
+    use crate::config::Config;
     use crate::dockerfile::{Stage, StageGraph};
-    use crate::reference::Repository;
-    use crate::template::{Placeholder, Template};
 
     const FIVE: &str = "\
 FROM scratch AS base
@@ -312,40 +308,11 @@ COPY --from=compile-a /a /a
 COPY --from=compile-b /b /b
 ";
 
+    /// The config tests share (see `config::testing`), with `target` and one `{version}` tag.
     fn config(stages: &[(&str, &str)], target: Option<&str>) -> Config {
         Config {
-            package: "service".into(),
-            version: "0.3.1".into(),
-            manifest_dir: "/src/service".into(),
-            image: Repository::parse("registry.example/acme/service").unwrap(),
-            dockerfile: "/src/service/Dockerfile".into(),
-            context: "/src/service".into(),
             target: target.map(str::to_string),
-            tags: vec![Template::parse("{version}", Placeholder::FOR_TAGS).unwrap()],
-            cache_image: Repository::parse("registry.example/acme/service").unwrap(),
-            build_args: BTreeMap::new(),
-            network: None,
-            platforms: Vec::new(),
-            stages: stages
-                .iter()
-                .map(|(s, t)| {
-                    (
-                        s.to_string(),
-                        Template::parse(t, Placeholder::FOR_CACHE_TAGS).unwrap(),
-                    )
-                })
-                .collect(),
-            cache: CacheMode::Inline,
-            cache_tag: Template::parse("buildcache", Placeholder::FOR_CACHE_TAGS).unwrap(),
-            default_branch: None,
-            trust_all_branches: false,
-            push_cache: PushCache::Required,
-            provenance: None,
-            sbom: None,
-            secrets: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            cache_mounts: crate::config::CacheMounts::None,
-            cache_mount_limit: crate::config::DEFAULT_CACHE_MOUNT_LIMIT,
+            ..crate::config::testing::config(stages, &["{version}"])
         }
     }
 

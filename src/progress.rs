@@ -74,6 +74,8 @@ struct Vertex {
     /// Known to have run: plain printed `DONE` before any `CACHED` (for a step that is not a
     /// `FROM`), or a JSON message completed its op's execution. Never taken back.
     ran: bool,
+    /// Its work was canceled (plain's `CANCELED`, rawjson's `context canceled`).
+    canceled: bool,
     seconds: f64,
     error: Option<String>,
     /// When it started (rawjson's RFC 3339 time), to place its log lines.
@@ -93,6 +95,11 @@ impl Vertex {
     /// Came from a cache, by the rule above.
     fn cached(&self) -> bool {
         self.hit && !self.ran
+    }
+
+    /// Was canceled, and neither loaded nor executed.
+    fn only_canceled(&self) -> bool {
+        self.canceled && !self.hit && !self.ran
     }
 }
 
@@ -180,8 +187,24 @@ impl BuildProgress {
     }
 
     /// The Dockerfile steps, in BuildKit's vertex order.
+    ///
+    /// A vertex that was only canceled (never loaded, never executed) is left out when another
+    /// vertex of the same name tells what became of that step: on dockerd 26, two builds on one
+    /// engine whose steps turn out to share a cache key are merged, and a build's progress then
+    /// shows the other build's vertex of that step, canceled, beside its own (seen in the
+    /// workspace's two images: `[deps 3/3]` canceled, then the same step `CACHED` under another
+    /// number). Alone, a canceled step counts as run: nothing says it came from a cache.
     pub fn steps(&self) -> Vec<StepReport> {
-        self.vertices()
+        let vertices: Vec<&Vertex> = self.vertices().collect();
+        let superseded = |v: &Vertex| {
+            v.only_canceled()
+                && vertices
+                    .iter()
+                    .any(|o| o.name == v.name && !o.only_canceled())
+        };
+        vertices
+            .iter()
+            .filter(|v| !superseded(v))
             .filter_map(|v| {
                 Some(StepReport {
                     stage: dockerfile_step_stage(&v.name)?,
@@ -210,9 +233,29 @@ impl BuildProgress {
     }
 
     /// The stages in which a step ran (did not come from a cache), each as
-    /// [`StepReport::stage_or`] `build_stage` names it.
+    /// [`StepReport::stage_or`] `build_stage` names it: the stages whose result this build may
+    /// have changed.
+    ///
+    /// A `FROM` of an image that was never loaded counts as run in the step counts, yet it
+    /// changes nothing when a later step of its stage (on the same platform) came from a cache:
+    /// that step's cache key holds the image's digest, so the image is the one the cache was
+    /// made on. Counting it would make every stage on a fresh agent look changed, and re-pushing
+    /// such a stage's inline cache loses the layers of the steps BuildKit never loaded
+    /// (moby/buildkit#2274).
     pub fn stages_that_ran(&self, build_stage: &str) -> BTreeSet<String> {
-        stages(self.steps().into_iter().filter(|s| !s.cached), build_stage)
+        let steps = self.steps();
+        // A `FROM` whose stage has a step from a cache.
+        let proven_from = |from: &StepReport| {
+            plain::is_from(&from.name)
+                && steps
+                    .iter()
+                    .any(|s| s.cached && stage_scope(&s.name) == stage_scope(&from.name))
+        };
+        let changed = steps
+            .iter()
+            .filter(|s| !s.cached && !proven_from(s))
+            .cloned();
+        stages(changed, build_stage)
     }
 
     /// [`Self::stages_that_ran`] while the build goes on: from [`Self::ran_so_far`].
@@ -315,6 +358,17 @@ fn dockerfile_step_stage(name: &str) -> Option<Option<String>> {
     let (k, n) = count.split_once('/')?;
     let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
     (digits(k) && digits(n)).then_some(stage)
+}
+
+/// The platform and stage part of a step's name, the same for every step of one stage of one
+/// platform: `linux/arm64 compile` for `[linux/arm64 compile 2/5] RUN ...`, empty for
+/// `[2/3] RUN ...`.
+fn stage_scope(name: &str) -> &str {
+    let inner = name
+        .strip_prefix('[')
+        .and_then(|n| n.split_once(']'))
+        .map_or("", |(inner, _)| inner);
+    inner.rsplit_once(' ').map_or("", |(scope, _)| scope)
 }
 
 /// The digest in docker push's last line, `TAG: digest: sha256:... size: N`.

@@ -22,6 +22,8 @@ impl BuildProgress {
             vertex.name = text.to_string();
         } else if text == "CACHED" {
             vertex.hit = true;
+        } else if text == "CANCELED" {
+            vertex.canceled = true;
         } else if let Some(seconds) = text.strip_prefix("DONE ").and_then(|t| t.strip_suffix('s')) {
             vertex.seconds = seconds.parse().unwrap_or(0.0);
             // A `FROM` is printed `DONE` when its image is resolved, and may yet be loaded from
@@ -46,7 +48,7 @@ impl BuildProgress {
 
 /// Whether BuildKit's name of a vertex is a Dockerfile `FROM` of an image
 /// (`[base 1/3] FROM docker.io/library/rust:1.82@sha256:...`).
-fn is_from(name: &str) -> bool {
+pub(super) fn is_from(name: &str) -> bool {
     name.split_once("] ")
         .is_some_and(|(_, instruction)| instruction.starts_with("FROM "))
 }

@@ -135,6 +135,7 @@ impl BuildProgress {
                 // A failed load is followed by the step's execution; a canceled step is no
                 // error of its own (the plain printer says `CANCELED`).
                 (Some(e), _) if e.ends_with("context canceled") => {
+                    vertex.canceled = true;
                     reading.text.push(format!("#{number} CANCELED"));
                 }
                 (Some(e), _) => {

@@ -185,10 +185,54 @@ fn a_from_is_never_known_to_have_run_before_the_build_ends() {
     assert!(progress.ran_so_far().is_empty());
     assert_eq!(progress.ran().len(), 1);
     assert!(progress.ran()[0].starts_with("[1/3] FROM 127.0.0.1:5077/library/bb:1@sha256:"));
-    assert_eq!(
-        progress.stages_that_ran("stage-0"),
-        BTreeSet::from(["stage-0".to_string()])
-    );
+    // But it changed nothing: the hits after it were made on that very image.
+    assert!(progress.stages_that_ran("stage-0").is_empty());
+}
+
+#[test]
+fn a_from_changes_its_stage_unless_a_later_step_of_it_came_from_a_cache() {
+    let plain = |lines: &[&str]| read_all(&lines.join("\n"));
+    let stages = |p: &BuildProgress| p.stages_that_ran("runtime").into_iter().collect::<Vec<_>>();
+    // dockerd 20.10's plain printer on a fresh agent: `chef`'s FROM resolved, its WORKDIR a
+    // hit; the runtime's FROM alone, with nothing after it from a cache.
+    let progress = plain(&[
+        "#5 [chef 1/2] FROM 127.0.0.1:5000/library/rust@sha256:4418",
+        "#5 DONE 0.0s",
+        "#6 [runtime 1/2] FROM 127.0.0.1:5000/library/debian@sha256:7524",
+        "#6 DONE 2.4s",
+        "#7 [chef 2/2] WORKDIR /app",
+        "#7 CACHED",
+        "#8 [runtime 2/2] COPY --from=chef /app /app",
+        "#8 DONE 0.1s",
+    ]);
+    assert_eq!(stages(&progress), ["runtime"]);
+    // A hit of the same stage on another platform proves nothing about this platform's image.
+    let progress = plain(&[
+        "#5 [linux/amd64 chef 1/2] FROM 127.0.0.1:5000/library/rust@sha256:4418",
+        "#5 DONE 0.0s",
+        "#6 [linux/arm64 chef 1/2] FROM 127.0.0.1:5000/library/rust@sha256:4418",
+        "#6 DONE 0.0s",
+        "#7 [linux/amd64 chef 2/2] WORKDIR /app",
+        "#7 CACHED",
+        "#8 [linux/arm64 chef 2/2] WORKDIR /app",
+        "#8 DONE 0.0s",
+    ]);
+    assert_eq!(stages(&progress), ["chef"]);
+    let progress = plain(&[
+        "#5 [linux/amd64 chef 1/2] FROM 127.0.0.1:5000/library/rust@sha256:4418",
+        "#5 DONE 0.0s",
+        "#7 [linux/amd64 chef 2/2] WORKDIR /app",
+        "#7 CACHED",
+    ]);
+    assert!(stages(&progress).is_empty());
+    // In a Dockerfile of one unnamed stage too.
+    let progress = plain(&[
+        "#5 [1/2] FROM 127.0.0.1:5000/library/bb:1",
+        "#5 DONE 0.0s",
+        "#7 [2/2] RUN true",
+        "#7 CACHED",
+    ]);
+    assert!(stages(&progress).is_empty());
 }
 
 #[test]
@@ -268,6 +312,37 @@ fn a_download_round_is_no_execution() {
     let mut progress = BuildProgress::default();
     assert!(!progress.read(&vertex("c", &format!("{START}{END}"))).ran);
     assert_eq!((progress.step_count(), progress.cached()), (1, 0));
+}
+
+#[test]
+fn a_canceled_vertex_beside_another_of_its_step_is_no_step_of_its_own() {
+    // dockerd 26, the workspace's two images built at once on one agent (tests/rust.rs): the
+    // api build's progress showed the worker's `[deps 3/3]` started and canceled (#12), then
+    // its own vertex of that step loaded from the cache (#19).
+    let canceled = ", \"error\": \"context canceled\"";
+    let mut progress = BuildProgress::default();
+    for line in [
+        vertex("w", &format!("{INPUTS}{START}")),
+        vertex("w", &format!("{INPUTS}{START}{END}{canceled}")),
+        vertex("a", &format!("{INPUTS}{START}{END}, \"cached\": true")),
+    ] {
+        assert!(!progress.read(&line).ran);
+    }
+    assert_eq!((progress.step_count(), progress.cached()), (1, 1));
+    assert!(progress.stages_that_ran("runtime").is_empty());
+
+    // Alone, a canceled step counts as run: nothing says it came from a cache.
+    let mut alone = BuildProgress::default();
+    alone.read(&vertex("w", &format!("{INPUTS}{START}{END}{canceled}")));
+    assert_eq!((alone.step_count(), alone.cached()), (1, 0));
+
+    // The plain printer's words for the same.
+    let plain = read_all(
+        "#12 [deps 3/3] RUN cargo chef cook\n#12 CANCELED\n#19 [deps 3/3] RUN cargo chef cook\n#19 CACHED\n",
+    );
+    assert_eq!((plain.step_count(), plain.cached()), (1, 1));
+    let plain = read_all("#12 [deps 3/3] RUN cargo chef cook\n#12 CANCELED\n");
+    assert_eq!((plain.step_count(), plain.cached()), (1, 0));
 }
 
 #[test]

@@ -312,13 +312,11 @@ fn rust_service(modern: bool) {
 }
 
 #[test]
-#[ignore = "not yet green: a whole run of the scenarios has not passed (issue 11); run with `cargo test --test rust -- --ignored`"]
 fn the_rust_service_on_the_classic_engine_with_inline_cache() {
     rust_service(false);
 }
 
 #[test]
-#[ignore = "not yet green: a whole run of the scenarios has not passed (issue 11); run with `cargo test --test rust -- --ignored`"]
 fn the_rust_service_on_the_modern_engine_with_registry_cache() {
     rust_service(true);
 }
@@ -329,8 +327,12 @@ fn the_rust_service_on_the_modern_engine_with_registry_cache() {
 /// cache records of the steps it took from the first one's build on the same agent (BuildKit
 /// 0.8 exports only what the build itself produced), so its compile stage ran again on the next
 /// agent; the README's "For Rust users" says so.
+///
+/// The two images build at once on one agent, and BuildKit merges the steps they share: a
+/// build's progress may then show its own vertex of a shared step canceled and nothing else of
+/// it, which counts as run (nothing says it came from a cache). So the step counts bound what
+/// ran, and cargo's own `Compiling` lines say what compiled.
 #[test]
-#[ignore = "not yet green: a whole run of the scenarios has not passed (issue 11); run with `cargo test --test rust -- --ignored`"]
 fn a_workspace_edit_in_one_service_compiles_it_and_no_dependency() {
     let Some((tools, _)) = testbed::require_modern().and(testbed::require_rust()) else {
         return;
@@ -387,16 +389,14 @@ fn a_workspace_edit_in_one_service_compiles_it_and_no_dependency() {
     let engine = tools.modern_engine().unwrap();
     let (edited, edit_time) = project.build(&cli, &engine, &[]);
     // The api's dependencies come from the registry and its own crates compile; no dependency
-    // of either service is compiled again. The worker's compile stage should have come from the
-    // registry too, but its `cargo build` ran on both engines (open: see the README's "For Rust
-    // users").
+    // of either service is compiled again. The worker's compile stage should come from the
+    // registry too, and does only sometimes (open: see the README's "For Rust users").
     let c = counts(&edited);
-    assert_eq!(stage(&c, "api", "deps"), (0, 3), "{c:?}");
-    assert_eq!(
-        stage(&c, "api", "compile"),
-        (2, 2),
-        "COPY crates/api, cargo build: {c:?}"
-    );
+    let (ran, cached) = stage(&c, "api", "deps");
+    assert_eq!(ran + cached, 3, "{c:?}");
+    let (ran, cached) = stage(&c, "api", "compile");
+    assert_eq!(ran + cached, 4, "{c:?}");
+    assert!(ran >= 2, "COPY crates/api, cargo build: {c:?}");
     let built = compiled(&edited);
     assert!(built.contains(&"api".to_string()), "{built:?}");
     for krate in &built {

@@ -342,11 +342,8 @@ pub fn readable(output: &str) -> String {
 /// A build of several platforms prefixes the step's platform: `[linux/arm64 compile 2/5]`
 /// (or `[linux/arm64 2/3]` for one unnamed stage) is a step of `compile` all the same.
 fn dockerfile_step_stage(name: &str) -> Option<Option<String>> {
-    let inner = name.strip_prefix('[')?.split_once(']')?.0;
-    let (stage, count) = match inner.rsplit_once(' ') {
-        Some((stage, count)) => (Some(stage), count),
-        None => (None, inner),
-    };
+    let (scope, count) = bracketed(name)?;
+    let stage = (!scope.is_empty()).then_some(scope);
     // A stage name has no `/`, a platform always has one.
     let stage = stage
         .map(|s| match s.split_once(' ') {
@@ -364,11 +361,14 @@ fn dockerfile_step_stage(name: &str) -> Option<Option<String>> {
 /// platform: `linux/arm64 compile` for `[linux/arm64 compile 2/5] RUN ...`, empty for
 /// `[2/3] RUN ...`.
 fn stage_scope(name: &str) -> &str {
-    let inner = name
-        .strip_prefix('[')
-        .and_then(|n| n.split_once(']'))
-        .map_or("", |(inner, _)| inner);
-    inner.rsplit_once(' ').map_or("", |(scope, _)| scope)
+    bracketed(name).map_or("", |(scope, _)| scope)
+}
+
+/// The two parts of the bracket a step's name starts with: `("linux/arm64 compile", "2/5")`
+/// for `[linux/arm64 compile 2/5] RUN ...`, `("", "2/3")` for `[2/3] RUN ...`.
+fn bracketed(name: &str) -> Option<(&str, &str)> {
+    let inner = name.strip_prefix('[')?.split_once(']')?.0;
+    Some(inner.rsplit_once(' ').unwrap_or(("", inner)))
 }
 
 /// The digest in docker push's last line, `TAG: digest: sha256:... size: N`.

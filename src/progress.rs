@@ -194,6 +194,11 @@ impl BuildProgress {
     /// shows the other build's vertex of that step, canceled, beside its own (seen in the
     /// workspace's two images: `[deps 3/3]` canceled, then the same step `CACHED` under another
     /// number). Alone, a canceled step counts as run: nothing says it came from a cache.
+    ///
+    /// A `FROM` counts as from a cache when a step of its stage (and platform) came from one:
+    /// that step's cache key holds the image's digest, so the image is the one the cache was
+    /// made from. BuildKit shows such a `FROM` as done, not `CACHED`, whenever the agent had to
+    /// download it (every fresh agent), which would make an untouched stage look rebuilt.
     pub fn steps(&self) -> Vec<StepReport> {
         let vertices: Vec<&Vertex> = self.vertices().collect();
         let superseded = |v: &Vertex| {
@@ -202,7 +207,7 @@ impl BuildProgress {
                     .iter()
                     .any(|o| o.name == v.name && !o.only_canceled())
         };
-        vertices
+        let mut steps: Vec<StepReport> = vertices
             .iter()
             .filter(|v| !superseded(v))
             .filter_map(|v| {
@@ -213,7 +218,20 @@ impl BuildProgress {
                     seconds: v.seconds,
                 })
             })
-            .collect()
+            .collect();
+        let proven_scopes: Vec<String> = steps
+            .iter()
+            .filter(|s| s.cached)
+            .map(|s| stage_scope(&s.name).to_string())
+            .collect();
+        for step in &mut steps {
+            if plain::is_from(&step.name)
+                && proven_scopes.iter().any(|p| p == stage_scope(&step.name))
+            {
+                step.cached = true;
+            }
+        }
+        steps
     }
 
     /// The Dockerfile steps known to have run while the build still goes on (see the module's
@@ -243,19 +261,7 @@ impl BuildProgress {
     /// such a stage's inline cache loses the layers of the steps BuildKit never loaded
     /// (moby/buildkit#2274).
     pub fn stages_that_ran(&self, build_stage: &str) -> BTreeSet<String> {
-        let steps = self.steps();
-        // A `FROM` whose stage has a step from a cache.
-        let proven_from = |from: &StepReport| {
-            plain::is_from(&from.name)
-                && steps
-                    .iter()
-                    .any(|s| s.cached && stage_scope(&s.name) == stage_scope(&from.name))
-        };
-        let changed = steps
-            .iter()
-            .filter(|s| !s.cached && !proven_from(s))
-            .cloned();
-        stages(changed, build_stage)
+        stages(self.steps().into_iter().filter(|s| !s.cached), build_stage)
     }
 
     /// [`Self::stages_that_ran`] while the build goes on: from [`Self::ran_so_far`].

@@ -160,7 +160,8 @@ pub struct MountReport {
     pub mount: String,
     /// Restored: from which image, how many bytes, in how many seconds.
     pub restored: Option<(String, Option<u64>, f64)>,
-    /// Exported: to which image, how many bytes, in how many seconds (the export and its push).
+    /// Exported: to which image, how many bytes, in how many seconds (the export and its push);
+    /// only when the copy reached the registry.
     pub exported: Option<(String, Option<u64>, f64)>,
 }
 
@@ -185,22 +186,33 @@ pub fn mount_reports(plan: &Plan, run: &RunResult) -> Vec<MountReport> {
                 reports.len() - 1
             }
         };
-        let Some(result) = run.get(step.id) else {
+        let result = run.get(step.id);
+        let report = &mut reports[at];
+        // An export into the engine's store is followed by its push: the copy reached the
+        // registry only if that push was done. A refused push (a warning under `push-cache =
+        // "best-effort"`), or one that never ran, leaves no export to tell of. (On a builder
+        // of its own the export pushes, and has no push step.)
+        if m.kind == MountKind::Push {
+            match result.map(|r| (&r.outcome, r.seconds)) {
+                Some((Outcome::Done, seconds)) => {
+                    if let Some((_, _, total)) = &mut report.exported {
+                        *total += seconds;
+                    }
+                }
+                _ => report.exported = None,
+            }
+            continue;
+        }
+        let Some(result) = result else {
             continue;
         };
         let ran = matches!(result.outcome, Outcome::Done | Outcome::Warning(_));
-        let report = &mut reports[at];
         match m.kind {
             MountKind::Restore if ran => {
                 report.restored = Some((m.image.clone(), result.bytes, result.seconds))
             }
             MountKind::Export if ran => {
                 report.exported = Some((m.image.clone(), result.bytes, result.seconds))
-            }
-            MountKind::Push if ran => {
-                if let Some((_, _, seconds)) = &mut report.exported {
-                    *seconds += result.seconds;
-                }
             }
             _ => {}
         }
@@ -249,5 +261,75 @@ mod tests {
             rows,
             [("toolchain", 1, 1), ("compile", 0, 2), ("runtime", 0, 1)]
         );
+    }
+
+    /// A plan of one travelling mount's export, and its push where `pushed_apart`, and a run
+    /// in which the export and the push (if any) ended as given.
+    fn export_run(
+        pushed_apart: bool,
+        push: Option<super::Outcome>,
+    ) -> (crate::plan::Plan, super::RunResult) {
+        use crate::plan::{Action, MountKind, MountStep, Plan, Step};
+        let step = |id, kind| Step {
+            id,
+            package: "svc".into(),
+            action: Action::Mount(MountStep {
+                id: "target".into(),
+                image: "r/svc:mount-target-main".into(),
+                kind,
+                target: "/app/target".into(),
+                uses: vec![],
+                limit: 1 << 30,
+                best_effort: true,
+            }),
+            program: "docker".into(),
+            args: vec![],
+            env: vec![],
+            stdin: None,
+            after: vec![],
+        };
+        let mut steps = vec![step(0, MountKind::Export)];
+        if pushed_apart {
+            steps.push(step(1, MountKind::Push));
+        }
+        let result = |id, outcome, seconds| {
+            let mut r = crate::exec::StepResult::new(id, std::time::SystemTime::UNIX_EPOCH);
+            r.outcome = outcome;
+            r.seconds = seconds;
+            r.bytes = (id == 0).then_some(10 << 20);
+            r
+        };
+        let mut run = super::RunResult::default();
+        run.steps.push(result(0, super::Outcome::Done, 2.0));
+        if let Some(outcome) = push {
+            run.steps.push(result(1, outcome, 0.5));
+        }
+        (
+            Plan {
+                steps,
+                warnings: vec![],
+            },
+            run,
+        )
+    }
+
+    #[test]
+    fn a_mount_is_reported_exported_only_once_its_copy_reached_the_registry() {
+        use super::Outcome;
+        let exported = |pushed_apart, push| {
+            let (plan, run) = export_run(pushed_apart, push);
+            super::mount_reports(&plan, &run).remove(0).exported
+        };
+        let pushed = Some(("r/svc:mount-target-main".to_string(), Some(10 << 20), 2.5));
+        assert_eq!(exported(true, Some(Outcome::Done)), pushed);
+        // A push the registry refused, under `push-cache = "best-effort"`: a warning, and no
+        // export to tell of.
+        let refused = Outcome::Warning("the cache tag was not pushed".into());
+        assert_eq!(exported(true, Some(refused)), None);
+        // A run that stopped before the push.
+        assert_eq!(exported(true, None), None);
+        // A builder of its own: the export pushed its image itself.
+        let by_builder = Some(("r/svc:mount-target-main".to_string(), Some(10 << 20), 2.0));
+        assert_eq!(exported(false, None), by_builder);
     }
 }

@@ -252,14 +252,10 @@ impl BuildProgress {
 
     /// The stages in which a step ran (did not come from a cache), each as
     /// [`StepReport::stage_or`] `build_stage` names it: the stages whose result this build may
-    /// have changed.
-    ///
-    /// A `FROM` of an image that was never loaded counts as run in the step counts, yet it
-    /// changes nothing when a later step of its stage (on the same platform) came from a cache:
-    /// that step's cache key holds the image's digest, so the image is the one the cache was
-    /// made on. Counting it would make every stage on a fresh agent look changed, and re-pushing
-    /// such a stage's inline cache loses the layers of the steps BuildKit never loaded
-    /// (moby/buildkit#2274).
+    /// have changed, by [`Self::steps`]' counts. Its rule for a `FROM` matters most here: were a
+    /// downloaded `FROM` counted as run, every stage on a fresh agent would look changed, and
+    /// re-pushing such a stage's inline cache loses the layers of the steps BuildKit never
+    /// loaded (moby/buildkit#2274).
     pub fn stages_that_ran(&self, build_stage: &str) -> BTreeSet<String> {
         stages(self.steps().into_iter().filter(|s| !s.cached), build_stage)
     }

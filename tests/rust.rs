@@ -229,7 +229,7 @@ fn rust_service(modern: bool) {
     // (`revision`, `created`) are the commit's, so it is another image: every step that costs
     // comes from the registry, and cargo compiles nothing. (The planner may run: it has no
     // cache tag, and its second is no cost. A `FROM` the agent downloaded counts as from the
-    // cache, as a step of its stage after it is.)
+    // cache when a later step of its stage is.)
     // (`*.md` is in its .dockerignore.)
     std::fs::write(project.repo.join("NOTES.md"), "release notes\n").unwrap();
     project.commit("notes");

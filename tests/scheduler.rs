@@ -876,3 +876,55 @@ fn the_registry_cache_is_exported_only_when_a_step_ran_or_a_layer_is_new() {
     let stages = &run.events.last().unwrap()["stages"];
     assert_eq!(stages.as_array().unwrap().len(), 3, "{stages}");
 }
+
+#[test]
+fn the_export_only_build_waits_for_the_final_build_where_a_step_uses_a_cache_mount() {
+    // A second run of the step (BuildKit does not always share it between the two builds)
+    // would change what the mount holds: the export starts once the final build has ended.
+    let fake = Fake::new();
+    fake.registry_cache();
+    std::fs::write(
+        fake.dir.join("project/Dockerfile"),
+        DOCKERFILE.replace(
+            "RUN make",
+            "RUN --mount=type=cache,target=/root/.cache make",
+        ),
+    )
+    .unwrap();
+    fake.hold_layers(&format!("{IMAGE}:buildcache"), "sha256:k", &["sha256:a"]);
+    fake.hold_layers(&format!("{IMAGE}:latest"), "sha256:i", &["sha256:a"]);
+    fake.build(
+        "runtime",
+        &final_build_output("DONE 0.1s").replace(
+            "RUN make",
+            "RUN --mount=type=cache,target=/root/.cache make",
+        ),
+        0,
+    );
+    let run = fake.run(&["--push"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let reasons: Vec<&str> = run
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "build")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "step-started",
+            "step-finished",
+            "step-started",
+            "step-finished"
+        ],
+        "the export starts after the final build's end"
+    );
+    assert!(
+        fake.position("end buildx build --progress=rawjson --target runtime --cache-from")
+            .unwrap()
+            < fake.position(EXPORT).expect("the export"),
+        "{:#?}",
+        fake.calls()
+    );
+    assert_eq!(export_finished(&run)["outcome"], "done");
+}

@@ -231,14 +231,18 @@ pub(crate) fn may_start_before(
     known: &Knowledge,
 ) -> bool {
     // The registry cache's export-only build waits for the final build and the question about
-    // its image only to learn whether anything is new: once a step is seen to run, it starts,
-    // and BuildKit shares the steps that are still running.
+    // its image only to learn whether anything is new: once a step is seen to run, it starts
+    // (where the plan lets it), and BuildKit shares the steps that are still running.
     if let Action::Build(Build {
         export_only: Some(_),
         chain,
+        starts_early,
         ..
     }) = &step.action
     {
+        if !starts_early {
+            return false;
+        }
         let passable = match plan.steps.get(awaited).map(|s| &s.action) {
             Some(Action::Build(b)) => b.is_final,
             Some(Action::Inspect(i)) => i.role == Role::Built,

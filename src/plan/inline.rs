@@ -218,6 +218,7 @@ pub(super) fn plan(
             export_best_effort: false,
             pushes,
             export_only: None,
+            starts_early: false,
         };
         let env = vec![("DOCKER_BUILDKIT".to_string(), "1".to_string())];
         let id = plan.add(name, Action::Build(build), docker, args, env, after);

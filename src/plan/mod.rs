@@ -293,6 +293,12 @@ pub struct Build {
     /// ran and every layer of this image is among the layers of the registry cache (`exports`)
     /// as the registry held it before the run. Either evidence that something is new exports.
     pub export_only: Option<String>,
+    /// For an export-only build: whether it may start beside the final build, once a step of
+    /// `chain` is seen to run. Not where a step of `chain` uses a cache mount: BuildKit does
+    /// not always share a step that the other build is running or has just run (the two
+    /// builds' contexts are different sources), and a second run of such a step changes what
+    /// the mount holds. After the final build has ended, every step is in the engine's cache.
+    pub starts_early: bool,
     /// `(stage, command)` of every `RUN` in `chain`, whitespace collapsed: when another build
     /// ran a shared step that failed, this build's progress shows only BuildKit's error, which
     /// quotes the command.

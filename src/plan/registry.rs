@@ -19,7 +19,8 @@ use crate::config::PushCache;
 /// engine then holds, which runs unless the registry already holds everything: no step of the
 /// final build ran (its progress) and every layer of the pushed image is among the registry
 /// cache's layers (the registry's own manifests, asked before and after the build). It may
-/// start while the final build goes on, once a step is seen to run; BuildKit shares the steps.
+/// start while the final build goes on, once a step is seen to run; BuildKit shares the steps
+/// (not where a step uses a cache mount: see [`Build::starts_early`]).
 pub(super) fn plan(
     plan: &mut Plan,
     input: &Input,
@@ -121,6 +122,7 @@ pub(super) fn plan(
         export_best_effort: best_effort,
         pushes: push_finals,
         export_only: None,
+        starts_early: false,
     };
     // What the registry cache holds before the run: its layers decide the export's skip.
     if let (Some(cache), Some(_)) = (&exports, &separate_export) {
@@ -147,6 +149,7 @@ pub(super) fn plan(
             exports: Some(cache.clone()),
             pushes: false,
             export_only: Some(image),
+            starts_early: !uses_cache_mounts(package, &chain),
             ..build
         };
         id = plan.add(
@@ -163,4 +166,13 @@ pub(super) fn plan(
         plan.inspect(name, &options.docker, cache, Role::Written, vec![id]);
     }
     Ok(())
+}
+
+/// Whether a `RUN` of a stage in `chain` uses a cache mount.
+fn uses_cache_mounts(package: &crate::package::Package, chain: &[String]) -> bool {
+    package
+        .graph
+        .stages
+        .iter()
+        .any(|s| !s.cache_mounts.is_empty() && chain.contains(&package.graph.name(s.index)))
 }

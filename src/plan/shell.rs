@@ -74,9 +74,15 @@ impl Step {
             ),
             Action::Build(Build {
                 export_only: Some(image),
+                starts_early,
                 ..
             }) => format!(
-                "{line}  # exports the registry cache; skipped when no step ran and the registry cache holds every layer of `{image}`; may start once a step is seen to run"
+                "{line}  # exports the registry cache; skipped when no step ran and the registry cache holds every layer of `{image}`; {}",
+                if *starts_early {
+                    "may start once a step is seen to run"
+                } else {
+                    "starts once the build has ended: a step of it uses a cache mount, which a second run would change"
+                }
             ),
             Action::Push(PushTag {
                 skip_if_current: true,

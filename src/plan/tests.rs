@@ -531,6 +531,33 @@ fn registry_cache_is_one_buildx_build() {
 }
 
 #[test]
+fn the_registry_cache_export_waits_for_the_build_where_a_step_uses_a_cache_mount() {
+    let mut config = config(&[], &["latest"]);
+    config.cache = CacheMode::Registry;
+    let mounted = SERVICE.replacen("RUN ", "RUN --mount=type=cache,target=/root/.cache ", 1);
+    assert_ne!(mounted, SERVICE);
+    let export_line = |dockerfile: &str| {
+        shell(config.clone(), dockerfile, &options(Push::All, false))
+            .lines()
+            .find(|l| l.contains("--output type=cacheonly"))
+            .map(|l| l.split_once("  # ").unwrap().1.to_string())
+            .unwrap()
+    };
+    assert!(
+        export_line(SERVICE).ends_with("may start once a step is seen to run"),
+        "{}",
+        export_line(SERVICE)
+    );
+    assert!(
+        export_line(&mounted).ends_with(
+            "starts once the build has ended: a step of it uses a cache mount, which a second run would change"
+        ),
+        "{}",
+        export_line(&mounted)
+    );
+}
+
+#[test]
 fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
     let marked = |config: Config, options: &Options| {
         let input = Input {

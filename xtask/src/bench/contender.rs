@@ -194,9 +194,13 @@ impl Contender {
                 Contender::SeedClassic
                 | Contender::SeedModern
                 | Contender::ToolClassic
-                | Contender::ToolRegistry
-                | Contender::ToolMounts
-                | Contender::SingleModernCache => &[Cold, NextCommit, Changed, DepBump],
+                | Contender::ToolRegistry => &[Cold, NextCommit, Changed, DepBump],
+                // One Dockerfile variant and one final image: the service's.
+                Contender::ToolMounts | Contender::SingleModernCache
+                    if fixture == FixtureName::RustService =>
+                {
+                    &[Cold, NextCommit, Changed, DepBump]
+                }
                 _ => &[],
             };
         }
@@ -238,7 +242,8 @@ impl Contender {
     /// The Dockerfile, next to the example's, that its checkout builds instead (`None`: the
     /// example's own).
     pub fn dockerfile_variant(self, fixture: FixtureName) -> Option<&'static str> {
-        (self == Contender::ToolMounts && fixture.is_rust()).then_some("Dockerfile.mounts")
+        (self == Contender::ToolMounts && fixture.has_mounts_variant())
+            .then_some("Dockerfile.mounts")
     }
 
     /// Lines its copy adds to the fixture's `[package.metadata.docker]`.
@@ -379,46 +384,25 @@ pub fn commands(
     let own = fixture::image(addr, contender.id(), name, "latest");
     match contender {
         Contender::SeedClassic | Contender::SeedModern => {
-            let images: Vec<String> = fixture
-                .seed_stages
-                .iter()
-                .map(|stage| fixture::image(addr, contender.id(), name, &format!("seed-{stage}")))
-                .collect();
-            let mut cmds = Vec::new();
-            for image in &images {
-                let mut pull = Cmd::new(docker, &["pull", image]);
-                pull.may_fail = true;
-                cmds.push(pull);
-            }
-            for (i, stage) in fixture.seed_stages.iter().enumerate() {
-                let mut args = vec![
-                    "build",
-                    "--progress=plain",
-                    "--build-arg",
-                    "BUILDKIT_INLINE_CACHE=1",
-                    "--network",
-                    "none",
-                    "--target",
-                    stage,
-                ];
-                // Its own image first, then the earlier stages'.
-                args.extend(["--cache-from", images[i].as_str()]);
-                for earlier in &images[..i] {
-                    args.extend(["--cache-from", earlier.as_str()]);
-                }
-                args.extend(["--tag", images[i].as_str()]);
-                let context = context();
-                args.push(&context);
-                let args = with_args(args.iter().map(|a| a.to_string()).collect());
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let mut build = Cmd::new(docker, &args);
-                build.env.push(("DOCKER_BUILDKIT".into(), "1".into()));
-                cmds.push(build);
-            }
-            for image in &images {
-                cmds.push(Cmd::new(docker, &["push", image]));
-            }
-            cmds
+            // A workspace's script does the same for each service in turn.
+            let apps: Vec<Option<&str>> = if fixture.apps.is_empty() {
+                vec![None]
+            } else {
+                fixture.apps.iter().copied().map(Some).collect()
+            };
+            apps.into_iter()
+                .flat_map(|app| {
+                    seed_script(
+                        docker,
+                        contender,
+                        fixture,
+                        app,
+                        addr,
+                        &context(),
+                        &with_args,
+                    )
+                })
+                .collect()
         }
         Contender::ToolClassic
         | Contender::ToolRegistry
@@ -517,6 +501,68 @@ pub fn commands(
     }
 }
 
+/// The hand-written script for one image (of the workspace's service `app`, built with
+/// `--build-arg APP=<app>`): pull every stage image (a missing one is no cache yet), build each
+/// stage with `--cache-from` its own image and those of the stages before it, push them all.
+fn seed_script(
+    docker: &Path,
+    contender: Contender,
+    fixture: &Fixture,
+    app: Option<&str>,
+    addr: &str,
+    context: &str,
+    with_args: &dyn Fn(Vec<String>) -> Vec<String>,
+) -> Vec<Cmd> {
+    let images: Vec<String> = fixture
+        .seed_stages
+        .iter()
+        .map(|stage| {
+            let tag = format!("seed-{stage}");
+            match app {
+                Some(app) => fixture::app_image(addr, contender.id(), app, &tag),
+                None => fixture::image(addr, contender.id(), fixture.name, &tag),
+            }
+        })
+        .collect();
+    let mut cmds = Vec::new();
+    for image in &images {
+        let mut pull = Cmd::new(docker, &["pull", image]);
+        pull.may_fail = true;
+        cmds.push(pull);
+    }
+    let app_arg = app.map(|app| format!("APP={app}"));
+    for (i, stage) in fixture.seed_stages.iter().enumerate() {
+        let mut args = vec![
+            "build",
+            "--progress=plain",
+            "--build-arg",
+            "BUILDKIT_INLINE_CACHE=1",
+            "--network",
+            "none",
+            "--target",
+            stage,
+        ];
+        if let Some(arg) = &app_arg {
+            args.extend(["--build-arg", arg.as_str()]);
+        }
+        // Its own image first, then the earlier stages'.
+        args.extend(["--cache-from", images[i].as_str()]);
+        for earlier in &images[..i] {
+            args.extend(["--cache-from", earlier.as_str()]);
+        }
+        args.extend(["--tag", images[i].as_str(), context]);
+        let args = with_args(args.iter().map(|a| a.to_string()).collect());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut build = Cmd::new(docker, &args);
+        build.env.push(("DOCKER_BUILDKIT".into(), "1".into()));
+        cmds.push(build);
+    }
+    for image in &images {
+        cmds.push(Cmd::new(docker, &["push", image]));
+    }
+    cmds
+}
+
 /// The start of every one-command BuildKit build: `docker buildx build` of `target`, plain
 /// progress, no network.
 fn one_build(target: &str) -> Vec<&str> {
@@ -611,4 +657,51 @@ pub fn execute(cmds: &[Cmd], host: Option<&str>, config: &Path) -> Timed {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workspace_s_seed_script_builds_each_service_with_its_own_tags() {
+        let programs = Programs {
+            docker: "docker".into(),
+            tool: "xtask-docker".into(),
+        };
+        // Never created: the commands only name it.
+        let copy = Clone {
+            dir: "/nonexistent/bench-clone".into(),
+            manifest: "/nonexistent/bench-clone/Cargo.toml".into(),
+        };
+        let lines: Vec<String> = commands(
+            &programs,
+            Contender::SeedModern,
+            &FixtureName::RustWorkspace.fixture(),
+            Some(&copy),
+            "127.0.0.1:5999",
+            &["RUST_IMAGE=r@sha256:1".to_string()],
+            false,
+        )
+        .iter()
+        .map(Cmd::shell_line)
+        .collect();
+        // Per service: 3 pulls, 3 builds, 3 pushes.
+        assert_eq!(lines.len(), 18, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            "docker pull 127.0.0.1:5999/seed-modern/api:seed-deps || true"
+        );
+        assert_eq!(
+            lines[5],
+            "DOCKER_BUILDKIT=1 docker build --build-arg RUST_IMAGE=r@sha256:1 --progress=plain --build-arg BUILDKIT_INLINE_CACHE=1 --network none --target runtime --build-arg APP=api --cache-from 127.0.0.1:5999/seed-modern/api:seed-runtime --cache-from 127.0.0.1:5999/seed-modern/api:seed-deps --cache-from 127.0.0.1:5999/seed-modern/api:seed-compile --tag 127.0.0.1:5999/seed-modern/api:seed-runtime /nonexistent/bench-clone"
+        );
+        assert_eq!(
+            lines[17],
+            "docker push 127.0.0.1:5999/seed-modern/worker:seed-runtime"
+        );
+        assert!(lines[9..]
+            .iter()
+            .all(|l| !l.contains("/api:") && !l.contains("APP=api")));
+    }
 }

@@ -18,6 +18,9 @@ pub enum FixtureName {
     /// A real Rust service (`examples/rust-service`: about 45 crates.io packages, vendored),
     /// built with a cargo-chef Dockerfile from the testbed's Rust images.
     RustService,
+    /// A real Rust workspace (`examples/rust-workspace`): two services sharing a library crate,
+    /// each with its own image from the one cargo-chef Dockerfile at the root.
+    RustWorkspace,
     /// Two stages: `compile` (8 MiB, 3 s of steps) and a small `runtime`.
     Service,
     /// A shared base, two compile stages that run in parallel, a runtime that copies from both.
@@ -48,11 +51,16 @@ pub struct Fixture {
     /// The package whose version the `dep-bump` scenario moves in `Cargo.lock` (Rust
     /// fixtures; their dependencies are vendored into the checkout again after each bump).
     pub bumped: Option<&'static str>,
+    /// The workspace's services that have an image (`<namespace>/<app>`), each built from the
+    /// one Dockerfile with `--build-arg APP=<app>`; empty for a single package, whose image is
+    /// `<namespace>/<fixture>`.
+    pub apps: &'static [&'static str],
 }
 
 /// Every fixture, in report order: real Rust first.
-pub const ALL: [FixtureName; 4] = [
+pub const ALL: [FixtureName; 5] = [
     FixtureName::RustService,
+    FixtureName::RustWorkspace,
     FixtureName::Service,
     FixtureName::FiveStage,
     FixtureName::Heavy,
@@ -63,6 +71,7 @@ impl FixtureName {
     pub fn as_str(self) -> &'static str {
         match self {
             FixtureName::RustService => "rust-service",
+            FixtureName::RustWorkspace => "rust-workspace",
             FixtureName::Service => "service",
             FixtureName::FiveStage => "five-stage",
             FixtureName::Heavy => "heavy",
@@ -73,7 +82,13 @@ impl FixtureName {
     /// every registry, named by the build arguments `RUST_IMAGE` and `RUNTIME_IMAGE`) and its
     /// dependencies are vendored into its checkout.
     pub fn is_rust(self) -> bool {
-        matches!(self, FixtureName::RustService)
+        matches!(self, FixtureName::RustService | FixtureName::RustWorkspace)
+    }
+
+    /// Whether its example has a cache-mount Dockerfile (`Dockerfile.mounts`), which the
+    /// `tool-mounts` contender builds.
+    pub fn has_mounts_variant(self) -> bool {
+        self == FixtureName::RustService
     }
 
     /// The fixture's particulars (they mirror each example's Cargo.toml and Dockerfile).
@@ -92,6 +107,28 @@ impl FixtureName {
                 // build` of `compile`, `COPY --from=compile`.
                 changed_steps: 5,
                 bumped: Some("serde_json"),
+                apps: &[],
+            },
+            FixtureName::RustWorkspace => Fixture {
+                name: self,
+                target: "runtime",
+                seed_stages: &["deps", "compile", "runtime"],
+                // Per service, as for the service.
+                cache_tags: &["runtime", "deps-main", "compile-main"],
+                changed_file: "crates/api/src/main.rs",
+                // The api's; the worker's planner copies the whole workspace too (its recipe
+                // stays the same), its compile stage copies only the shared crate and its own.
+                downstream: &[
+                    "api/compile",
+                    "api/planner",
+                    "api/runtime",
+                    "worker/planner",
+                ],
+                // Each planner's `COPY . .` and `cargo chef prepare`, the api's `COPY
+                // crates/api` and `cargo build`, its `COPY --from=compile`.
+                changed_steps: 7,
+                bumped: Some("serde_json"),
+                apps: &["api", "worker"],
             },
             FixtureName::Service => Fixture {
                 name: self,
@@ -104,6 +141,7 @@ impl FixtureName {
                 // `COPY src`, the `RUN` after it, `COPY --from=compile`.
                 changed_steps: 3,
                 bumped: None,
+                apps: &[],
             },
             FixtureName::FiveStage => Fixture {
                 name: self,
@@ -117,6 +155,7 @@ impl FixtureName {
                 // parent layer changed).
                 changed_steps: 4,
                 bumped: None,
+                apps: &[],
             },
             FixtureName::Heavy => Fixture {
                 name: self,
@@ -127,6 +166,7 @@ impl FixtureName {
                 downstream: &["compile", "runtime"],
                 changed_steps: 3,
                 bumped: None,
+                apps: &[],
             },
         }
     }
@@ -424,6 +464,11 @@ fn git(dir: &Path, args: &[&str]) -> Result<()> {
 /// `<addr>/<namespace>/<fixture>:<tag>`.
 pub fn image(addr: &str, namespace: &str, fixture: FixtureName, tag: &str) -> String {
     format!("{addr}/{namespace}/{}:{tag}", fixture.as_str())
+}
+
+/// `<addr>/<namespace>/<app>:<tag>`: the image of one of a workspace's services.
+pub fn app_image(addr: &str, namespace: &str, app: &str, tag: &str) -> String {
+    format!("{addr}/{namespace}/{app}:{tag}")
 }
 
 #[cfg(test)]

@@ -135,15 +135,26 @@ fn dockerfile_step(text: &str) -> Option<&str> {
 }
 
 /// The tool's `build-finished` event's `stages[].steps/cached`, summed per stage, out of its
-/// `--message-format json` stdout; `None` without such an event.
+/// `--message-format json` stdout; `None` without such an event. Where the run built more than
+/// one package (a workspace), a stage is named `package/stage`.
 pub fn tool_steps(stdout: &str) -> Option<Vec<StageSteps>> {
     let finished = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|e| e["reason"] == "build-finished")?;
+    let listed = finished["stages"].as_array()?;
+    let packages: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|s| s["package"].as_str())
+        .collect();
     let mut stages: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for s in finished["stages"].as_array()? {
-        let counts = stages.entry(s["stage"].as_str()?.to_string()).or_default();
+    for s in listed {
+        let stage = s["stage"].as_str()?;
+        let name = match s["package"].as_str() {
+            Some(package) if packages.len() > 1 => format!("{package}/{stage}"),
+            _ => stage.to_string(),
+        };
+        let counts = stages.entry(name).or_default();
         counts.0 += s["steps"].as_u64()?;
         counts.1 += s["cached"].as_u64()?;
     }
@@ -367,6 +378,41 @@ mod tests {
                 cached: 1
             }]
         );
+    }
+
+    #[test]
+    fn names_a_workspace_s_stages_by_package() {
+        let event = |stages: &str| {
+            format!(
+                r#"{{"reason":"plan"}}
+{{"reason":"build-finished","success":true,"stages":[{stages}]}}"#
+            )
+        };
+        let one = event(
+            r#"{"package":"svc","stage":"compile","steps":4,"cached":1},{"package":"svc","stage":"runtime","steps":1,"cached":1}"#,
+        );
+        let names = |stdout: &str| -> Vec<(String, u64, u64)> {
+            tool_steps(stdout)
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.stage, s.steps, s.cached))
+                .collect()
+        };
+        assert_eq!(
+            names(&one),
+            [("compile".into(), 4, 1), ("runtime".into(), 1, 1)]
+        );
+        let two = event(
+            r#"{"package":"api","stage":"compile","steps":4,"cached":2},{"package":"worker","stage":"compile","steps":4,"cached":4}"#,
+        );
+        assert_eq!(
+            names(&two),
+            [
+                ("api/compile".into(), 4, 2),
+                ("worker/compile".into(), 4, 4)
+            ]
+        );
+        assert!(tool_steps(r#"{"reason":"plan"}"#).is_none());
     }
 
     #[test]

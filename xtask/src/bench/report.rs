@@ -194,6 +194,9 @@ pub fn goals(cells: &[Cell], overhead: Option<&Overhead>) -> Vec<Goal> {
                 String::new(),
             ));
         }
+        if !f.has_mounts_variant() {
+            continue;
+        }
         let (mounts, layers, seed) = (
             Contender::ToolMounts,
             Contender::ToolRegistry,

@@ -145,6 +145,18 @@ fn compiled(run: &Run) -> Vec<String> {
     crates
 }
 
+/// What the workspace's `service` image (`acme/<service>:latest` in `registry`) prints for `arg`.
+fn service_answer(
+    cli: &Path,
+    engine: &Engine,
+    registry: &testbed::Registry,
+    service: &str,
+    arg: &str,
+) -> String {
+    let image = format!("{}/acme/{service}:latest", registry.addr());
+    run_image(cli, engine, &image, &[arg])
+}
+
 /// `docker run --rm --network none IMAGE ARGS` on `engine`; its stdout.
 fn run_image(cli: &Path, engine: &Engine, image: &str, args: &[&str]) -> String {
     let mut all = vec!["run", "--rm", "--network", "none", image];
@@ -366,18 +378,14 @@ fn a_workspace_edit_in_one_service_compiles_it_and_both_images_answer() {
     for krate in ["serde", "serde_json", "shared", "api", "worker"] {
         assert!(built.contains(&krate.to_string()), "{krate} in {built:?}");
     }
-    let job = run_image(
-        &cli,
-        &engine,
-        &format!("{}/acme/api:latest", registry.addr()),
-        &["send"],
-    );
+    let job = service_answer(&cli, &engine, &registry, "api", "send");
     assert_eq!(job.trim(), r#"api: {"id":1,"task":"send"}"#);
-    let done = run_image(
+    let done = service_answer(
         &cli,
         &engine,
-        &format!("{}/acme/worker:latest", registry.addr()),
-        &[r#"{"id":7,"task":"resize"}"#],
+        &registry,
+        "worker",
+        r#"{"id":7,"task":"resize"}"#,
     );
     assert_eq!(done.trim(), "worker: job 7 does resize");
     drop(engine);
@@ -404,18 +412,14 @@ fn a_workspace_edit_in_one_service_compiles_it_and_both_images_answer() {
     assert!(ran >= 2, "COPY crates/api, cargo build: {c:?}");
     let built = compiled(&edited);
     assert!(built.contains(&"api".to_string()), "{built:?}");
-    let job = run_image(
-        &cli,
-        &engine,
-        &format!("{}/acme/api:latest", registry.addr()),
-        &["x"],
-    );
+    let job = service_answer(&cli, &engine, &registry, "api", "x");
     assert_eq!(job.trim(), r#"api sends: {"id":1,"task":"x"}"#);
-    let done = run_image(
+    let done = service_answer(
         &cli,
         &engine,
-        &format!("{}/acme/worker:latest", registry.addr()),
-        &[r#"{"id":8,"task":"crop"}"#],
+        &registry,
+        "worker",
+        r#"{"id":8,"task":"crop"}"#,
     );
     assert_eq!(done.trim(), "worker: job 8 does crop");
     eprintln!(

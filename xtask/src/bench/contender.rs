@@ -185,8 +185,9 @@ impl Contender {
     /// The scenarios it is measured in on `fixture`: the cold lower bounds only where their
     /// goal is (five-stage); on the Rust fixtures, which take a minute a cold build, the
     /// scenarios CI meets (no `warm`: the registry check's skip does not depend on the
-    /// language) with the best hand-written command (one build with its own registry cache)
-    /// and the cache-mount route beside the seed script and the tool.
+    /// language) with, on the service, the best hand-written command (one build with its own
+    /// registry cache) and the cache-mount route beside the seed script and the tool (the
+    /// workspace has two images and no mounts Dockerfile: the seed script and the tool only).
     pub fn scenarios(self, fixture: FixtureName) -> &'static [Scenario] {
         use Scenario::{Changed, Cold, DepBump, NextCommit, Warm};
         if fixture.is_rust() {

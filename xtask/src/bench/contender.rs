@@ -196,10 +196,11 @@ impl Contender {
                 | Contender::SeedModern
                 | Contender::ToolClassic
                 | Contender::ToolRegistry => &[Cold, NextCommit, Changed, DepBump],
-                // One Dockerfile variant and one final image: the service's.
-                Contender::ToolMounts | Contender::SingleModernCache
-                    if fixture == FixtureName::RustService =>
-                {
+                Contender::ToolMounts if fixture.has_mounts_variant() => {
+                    &[Cold, NextCommit, Changed, DepBump]
+                }
+                // One build of one final image: not a workspace's.
+                Contender::SingleModernCache if fixture.fixture().apps.is_empty() => {
                     &[Cold, NextCommit, Changed, DepBump]
                 }
                 _ => &[],

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use testbed::Flavor;
 
-use super::fixture::{self, Clone, Fixture, FixtureName};
+use super::fixture::{self, Clone, Fixture, FixtureName, Variant};
 use super::Scenario;
 
 /// One way of getting the fixture's final image built and pushed (or, for the floors, fetched).
@@ -46,10 +46,14 @@ pub enum Contender {
     /// `single-modern` that also reads and writes a registry cache, as the tool's build does: the
     /// best hand-written command for the tool's cold result, so the tool's own cost shows.
     SingleModernCache,
+    /// One `docker buildx bake --push` of every service of a workspace, each target reading
+    /// every service's registry cache and writing its own: the best hand-written command for a
+    /// workspace's images, modern engine.
+    BakeModern,
 }
 
 /// Every contender, in report order.
-pub const ALL: [Contender; 14] = [
+pub const ALL: [Contender; 15] = [
     Contender::SeedClassic,
     Contender::SeedModern,
     Contender::ToolClassic,
@@ -62,6 +66,7 @@ pub const ALL: [Contender; 14] = [
     Contender::SingleBuildkit,
     Contender::SingleModern,
     Contender::SingleModernCache,
+    Contender::BakeModern,
     Contender::Floor,
     Contender::FloorManifest,
 ];
@@ -94,6 +99,8 @@ pub enum ContenderArg {
     /// One BuildKit build of the final target without caches, on both engines (cold,
     /// five-stage only).
     SingleBuildkit,
+    /// One `docker buildx bake` of a workspace's services with registry caches, modern engine.
+    Bake,
     /// The tool's own overhead: `--dry-run` against `cargo metadata`.
     Overhead,
 }
@@ -121,6 +128,7 @@ impl ContenderArg {
                 Contender::SingleModern,
                 Contender::SingleModernCache,
             ],
+            ContenderArg::Bake => &[Contender::BakeModern],
             ContenderArg::Overhead => &[],
         }
     }
@@ -144,6 +152,7 @@ impl Contender {
             Contender::SingleBuildkit => "single-buildkit",
             Contender::SingleModern => "single-modern",
             Contender::SingleModernCache => "single-modern-cache",
+            Contender::BakeModern => "bake-modern",
         }
     }
 
@@ -164,6 +173,7 @@ impl Contender {
             Contender::SingleBuildkit => "single-buildkit (classic)",
             Contender::SingleModern => "single-buildkit (modern)",
             Contender::SingleModernCache => "single-buildkit + registry cache (modern)",
+            Contender::BakeModern => "buildx bake + registry caches (modern)",
         }
     }
 
@@ -176,7 +186,8 @@ impl Contender {
             | Contender::ToolRegistryRebuild
             | Contender::BestModern
             | Contender::SingleModern
-            | Contender::SingleModernCache => Some(Flavor::Modern),
+            | Contender::SingleModernCache
+            | Contender::BakeModern => Some(Flavor::Modern),
             Contender::FloorManifest => None,
             _ => Some(Flavor::Classic),
         }
@@ -187,7 +198,8 @@ impl Contender {
     /// scenarios CI meets (no `warm`: the registry check's skip does not depend on the
     /// language) with, on the service, the best hand-written command (one build with its own
     /// registry cache) and the cache-mount route beside the seed script and the tool (the
-    /// workspace has two images and no mounts Dockerfile: the seed script and the tool only).
+    /// workspace has two images and no mounts Dockerfile: its best hand-written command is one
+    /// `buildx bake` of both).
     pub fn scenarios(self, fixture: FixtureName) -> &'static [Scenario] {
         use Scenario::{Changed, Cold, DepBump, NextCommit, Warm};
         if fixture.is_rust() {
@@ -201,6 +213,10 @@ impl Contender {
                 }
                 // One build of one final image: not a workspace's.
                 Contender::SingleModernCache if fixture.fixture().apps.is_empty() => {
+                    &[Cold, NextCommit, Changed, DepBump]
+                }
+                // One bake of several images: a workspace's.
+                Contender::BakeModern if !fixture.fixture().apps.is_empty() => {
                     &[Cold, NextCommit, Changed, DepBump]
                 }
                 _ => &[],
@@ -225,7 +241,8 @@ impl Contender {
             Contender::SingleBuildkit
             | Contender::SingleModern
             | Contender::SingleModernCache
-            | Contender::ToolMounts => &[],
+            | Contender::ToolMounts
+            | Contender::BakeModern => &[],
         }
     }
 
@@ -241,11 +258,15 @@ impl Contender {
         self.builds() && self.reads_from().is_none()
     }
 
-    /// The Dockerfile, next to the example's, that its checkout builds instead (`None`: the
-    /// example's own).
-    pub fn dockerfile_variant(self, fixture: FixtureName) -> Option<&'static str> {
-        (self == Contender::ToolMounts && fixture.has_mounts_variant())
-            .then_some("Dockerfile.mounts")
+    /// What its checkout builds in place of the example's Dockerfile (`None`: that one as it is).
+    pub fn dockerfile_variant(self, fixture: FixtureName) -> Option<Variant> {
+        match self {
+            Contender::ToolMounts if fixture.has_mounts_variant() => {
+                Some(Variant::File("Dockerfile.mounts"))
+            }
+            Contender::BakeModern => Some(Variant::RunWithoutNetwork),
+            _ => None,
+        }
     }
 
     /// Lines its copy adds to the fixture's `[package.metadata.docker]`.
@@ -299,6 +320,8 @@ pub struct Cmd {
     pub env: Vec<(String, String)>,
     /// A failure is expected and ignored (the script's `docker pull ... || true`).
     pub may_fail: bool,
+    /// What it reads on stdin (`None`: nothing, stdin is closed).
+    pub stdin: Option<String>,
 }
 
 impl Cmd {
@@ -308,6 +331,7 @@ impl Cmd {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             may_fail: false,
+            stdin: None,
         }
     }
 
@@ -333,6 +357,9 @@ impl Cmd {
         let mut line = words.join(" ");
         if self.may_fail {
             line.push_str(" || true");
+        }
+        if let Some(stdin) = &self.stdin {
+            line.push_str(&format!(" <<'EOF'\n{}\nEOF", stdin.trim_end()));
         }
         line
     }
@@ -494,6 +521,23 @@ pub fn commands(
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             vec![Cmd::new(docker, &args)]
         }
+        Contender::BakeModern => {
+            let definition = bake_definition(fixture, addr, &context(), build_args);
+            let mut cmd = Cmd::new(
+                docker,
+                &[
+                    "buildx",
+                    "bake",
+                    "--file",
+                    "-",
+                    "--progress=plain",
+                    "--provenance=false",
+                    "--push",
+                ],
+            );
+            cmd.stdin = Some(definition);
+            vec![cmd]
+        }
         Contender::Floor => vec![Cmd::new(docker, &["pull", &tool_image("latest")])],
         Contender::FloorManifest => vec![Cmd::new(
             docker,
@@ -565,6 +609,52 @@ fn seed_script(
     cmds
 }
 
+/// The bake definition (JSON) of a workspace's services: one target per service, built from
+/// the one Dockerfile with `APP=<service>` and `build_args`, tagged `latest` in the bake
+/// contender's namespace, reading every service's registry cache (they share the cooked
+/// dependencies) and writing its own with every stage (`mode=max`).
+fn bake_definition(fixture: &Fixture, addr: &str, context: &str, build_args: &[String]) -> String {
+    let id = Contender::BakeModern.id();
+    let caches: Vec<String> = fixture
+        .apps
+        .iter()
+        .map(|app| fixture::app_image(addr, id, app, "buildcache"))
+        .collect();
+    let targets: serde_json::Map<String, serde_json::Value> = fixture
+        .apps
+        .iter()
+        .zip(&caches)
+        .map(|(app, cache)| {
+            let mut args: serde_json::Map<String, serde_json::Value> = build_args
+                .iter()
+                .filter_map(|a| a.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            args.insert("APP".into(), (*app).into());
+            let target = serde_json::json!({
+                "context": context,
+                "dockerfile": "Dockerfile",
+                "target": fixture.target,
+                "args": args,
+                "tags": [fixture::app_image(addr, id, app, "latest")],
+                "cache-from": caches
+                    .iter()
+                    .map(|c| format!("type=registry,ref={c}"))
+                    .collect::<Vec<_>>(),
+                "cache-to": [format!(
+                    "type=registry,ref={cache},mode=max,image-manifest=true,oci-mediatypes=true"
+                )],
+            });
+            (app.to_string(), target)
+        })
+        .collect();
+    let definition = serde_json::json!({
+        "group": { "default": { "targets": fixture.apps } },
+        "target": targets,
+    });
+    serde_json::to_string_pretty(&definition).expect("a JSON value prints")
+}
+
 /// The start of every one-command BuildKit build: `docker buildx build` of `target`, plain
 /// progress, no network.
 fn one_build(target: &str) -> Vec<&str> {
@@ -612,7 +702,11 @@ pub fn execute(cmds: &[Cmd], host: Option<&str>, config: &Path) -> Timed {
         let mut command = Command::new(&cmd.program);
         command
             .args(&cmd.args)
-            .stdin(Stdio::null())
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .env_remove("DOCKER")
             .env_remove("DOCKER_BUILDKIT")
             .env("DOCKER_CONFIG", config)
@@ -621,7 +715,7 @@ pub fn execute(cmds: &[Cmd], host: Option<&str>, config: &Path) -> Timed {
             Some(host) => command.env("DOCKER_HOST", host),
             None => command.env_remove("DOCKER_HOST"),
         };
-        match command.output() {
+        match output_of(&mut command, cmd.stdin.as_deref()) {
             Ok(output) => {
                 let out = Printed {
                     stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -653,6 +747,26 @@ pub fn execute(cmds: &[Cmd], host: Option<&str>, config: &Path) -> Timed {
         error,
         started,
     }
+}
+
+/// Runs `command` to its end, writing `stdin` to it (its whole input; then closed).
+fn output_of(command: &mut Command, stdin: Option<&str>) -> std::io::Result<std::process::Output> {
+    let Some(input) = stdin else {
+        return command.output();
+    };
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    // From a thread of its own: a program that prints much before it has read all its input
+    // would otherwise wait on us while we wait on it.
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        pipe.write_all(input.as_bytes())
+    });
+    let output = child.wait_with_output()?;
+    writer.join().expect("the stdin writer does not panic")?;
+    Ok(output)
 }
 
 /// The last `n` lines of `text`.
@@ -705,5 +819,83 @@ mod tests {
         assert!(lines[9..]
             .iter()
             .all(|l| !l.contains("/api:") && !l.contains("APP=api")));
+    }
+
+    #[test]
+    fn the_bake_builds_every_service_once_reading_every_service_s_cache() {
+        let programs = Programs {
+            docker: "docker".into(),
+            tool: "xtask-docker".into(),
+        };
+        let copy = Clone {
+            dir: "/nonexistent/bench-clone".into(),
+            manifest: "/nonexistent/bench-clone/Cargo.toml".into(),
+        };
+        let cmds = commands(
+            &programs,
+            Contender::BakeModern,
+            &FixtureName::RustWorkspace.fixture(),
+            Some(&copy),
+            "127.0.0.1:5999",
+            &["RUST_IMAGE=r@sha256:1".to_string()],
+            false,
+        );
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(
+            cmds[0].args,
+            [
+                "buildx",
+                "bake",
+                "--file",
+                "-",
+                "--progress=plain",
+                "--provenance=false",
+                "--push"
+            ]
+        );
+        let definition: serde_json::Value =
+            serde_json::from_str(cmds[0].stdin.as_deref().expect("the definition on stdin"))
+                .expect("JSON");
+        assert_eq!(
+            definition["group"]["default"]["targets"],
+            serde_json::json!(["api", "worker"])
+        );
+        let api = &definition["target"]["api"];
+        assert_eq!(api["context"], "/nonexistent/bench-clone");
+        assert_eq!(api["target"], "runtime");
+        assert_eq!(
+            api["args"],
+            serde_json::json!({"APP": "api", "RUST_IMAGE": "r@sha256:1"})
+        );
+        assert_eq!(
+            api["tags"],
+            serde_json::json!(["127.0.0.1:5999/bake-modern/api:latest"])
+        );
+        assert_eq!(
+            api["cache-from"],
+            serde_json::json!([
+                "type=registry,ref=127.0.0.1:5999/bake-modern/api:buildcache",
+                "type=registry,ref=127.0.0.1:5999/bake-modern/worker:buildcache"
+            ])
+        );
+        assert_eq!(
+            definition["target"]["worker"]["cache-to"],
+            serde_json::json!(["type=registry,ref=127.0.0.1:5999/bake-modern/worker:buildcache,mode=max,image-manifest=true,oci-mediatypes=true"])
+        );
+        assert_eq!(definition["target"]["worker"]["args"]["APP"], "worker");
+        assert!(cmds[0].shell_line().starts_with(
+            "docker buildx bake --file - --progress=plain --provenance=false --push <<'EOF'\n{"
+        ));
+    }
+
+    #[test]
+    fn a_command_s_input_reaches_it() {
+        let cmd = Cmd {
+            stdin: Some("from stdin\n".into()),
+            ..Cmd::new(Path::new("cat"), &[])
+        };
+        let timed = execute(&[cmd], None, Path::new("/nonexistent"));
+        assert_eq!(timed.error, None);
+        assert_eq!(timed.printed[0].stdout, "from stdin\n");
     }
 }

@@ -172,6 +172,29 @@ impl FixtureName {
     }
 }
 
+/// What a contender's checkout builds in place of the example's Dockerfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Another Dockerfile next to the example's (its stages its own).
+    File(&'static str),
+    /// The example's, each `RUN` with `--network=none`: for a build command that cannot set
+    /// the build's network (`buildx bake` before buildx 0.14 has no `network` key), on an
+    /// engine without a bridge, where a `RUN` with a network fails. It runs the same commands
+    /// in the same sandbox.
+    RunWithoutNetwork,
+}
+
+/// `dockerfile` with `--network=none` on each `RUN` instruction.
+pub fn run_without_network(dockerfile: &str) -> String {
+    dockerfile
+        .lines()
+        .map(|line| match line.strip_prefix("RUN ") {
+            Some(rest) => format!("RUN --network=none {rest}\n"),
+            None => format!("{line}\n"),
+        })
+        .collect()
+}
+
 /// The registry address every example's image names; the checkout replaces it.
 const EXAMPLE_REGISTRY: &str = "127.0.0.1:5000/acme/";
 
@@ -208,7 +231,7 @@ impl Checkout {
         busybox: &Path,
         namespace: &str,
         extra: &str,
-        variant: Option<&str>,
+        variant: Option<Variant>,
     ) -> Result<Checkout> {
         let name = fixture.as_str();
         let dir = testbed::temp_dir(&format!("bench-{name}"))?;
@@ -231,15 +254,25 @@ impl Checkout {
         }
         fs::copy(busybox, dir.join("busybox"))
             .with_context(|| format!("cannot copy `{}`", busybox.display()))?;
-        if let Some(variant) = variant {
-            let from = example.join(variant);
-            fs::copy(&from, dir.join("Dockerfile"))
-                .with_context(|| format!("cannot copy `{}`", from.display()))?;
+        let dockerfile = dir.join("Dockerfile");
+        match variant {
+            Some(Variant::File(file)) => {
+                let from = example.join(file);
+                fs::copy(&from, &dockerfile)
+                    .with_context(|| format!("cannot copy `{}`", from.display()))?;
+            }
+            Some(Variant::RunWithoutNetwork) => {
+                let text = fs::read_to_string(&dockerfile)
+                    .with_context(|| format!("cannot read `{}`", dockerfile.display()))?;
+                fs::write(&dockerfile, run_without_network(&text))
+                    .with_context(|| format!("cannot write `{}`", dockerfile.display()))?;
+            }
+            None => {}
         }
         let manifest = dir.join("Cargo.toml");
         let mut text = fs::read_to_string(&manifest)?;
         // The variant has stages of its own, and its registry cache needs no stage tags.
-        if variant.is_some() {
+        if matches!(variant, Some(Variant::File(_))) {
             text = without_table(&text, "[package.metadata.docker.stages]");
         }
         ensure!(
@@ -473,6 +506,15 @@ pub fn app_image(addr: &str, namespace: &str, app: &str, tag: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn puts_every_run_of_a_dockerfile_in_no_network() {
+        let dockerfile = "FROM x AS a\nRUN cargo build\nCOPY . .\n# RUN not this\nRUN --mount=type=cache,target=/c true\n";
+        assert_eq!(
+            super::run_without_network(dockerfile),
+            "FROM x AS a\nRUN --network=none cargo build\nCOPY . .\n# RUN not this\nRUN --network=none --mount=type=cache,target=/c true\n"
+        );
+    }
+
     #[test]
     fn reads_a_locked_version() {
         let lock = "[[package]]\nname = \"serde\"\nversion = \"1.0.228\"\n\n[[package]]\nname = \"serde_json\"\nversion = \"1.0.154\"\nsource = \"x\"\n";

@@ -254,6 +254,7 @@ fn cmd(program: &Path, args: &[&str]) -> Cmd {
         args: args.iter().map(|a| a.to_string()).collect(),
         env: Vec::new(),
         may_fail: true,
+        stdin: None,
     }
 }
 

@@ -381,6 +381,18 @@ pub fn push_digest(output: &str) -> Option<String> {
     })
 }
 
+/// The digest of `image` as a build that pushed it printed it (`pushing manifest for
+/// IMAGE@sha256:...`, in plain progress or in [`readable`] text): `None` where it did not
+/// push that image.
+pub fn pushed_manifest(output: &str, image: &str) -> Option<String> {
+    output.lines().rev().find_map(|line| {
+        let (_, rest) = line.split_once("pushing manifest for ")?;
+        let pushed = rest.split_whitespace().next()?;
+        let (name, digest) = pushed.rsplit_once('@')?;
+        (name == image && digest.starts_with("sha256:")).then(|| digest.to_string())
+    })
+}
+
 /// The stages of `steps`, each as [`StepReport::stage_or`] `build_stage` names it.
 fn stages(steps: impl Iterator<Item = StepReport>, build_stage: &str) -> BTreeSet<String> {
     steps.map(|s| s.stage_or(build_stage).to_string()).collect()

@@ -112,6 +112,16 @@ fn mount_step(run: &Run, kind: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The run restored its cache mount.
+fn assert_restored(run: &Run) {
+    assert_eq!(
+        mount_step(run, "restore")["outcome"],
+        "done",
+        "{}",
+        run.stderr
+    );
+}
+
 fn build(cli: &Path, agent: &testbed::Engine, manifest: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "build",
@@ -165,16 +175,22 @@ fn generations(cli: &Path, modern: bool, extra: &str) {
     first.stop();
     let tags = registry.tags("acme/counter").unwrap();
     assert!(tags.contains(&"mount-counter-main".to_string()), "{tags:?}");
+    // The modern engine keeps images in the containerd store: the export pushed its copy
+    // itself, in zstd, and told its digest. The classic one pushed it with `docker push`.
+    let copy = registry
+        .manifest("acme/counter", "mount-counter-main")
+        .unwrap()
+        .expect("the copy");
+    let zstd = copy.body.contains("tar+zstd");
+    assert_eq!(zstd, modern, "{}", copy.body);
+    if modern {
+        assert_eq!(export["digest"], copy.digest.as_str(), "{export}");
+    }
 
     std::fs::write(&input, "2").unwrap();
     let second = agent();
     let run = build(cli, &second, &manifest, &["--branch", "main"]);
-    assert_eq!(
-        mount_step(&run, "restore")["outcome"],
-        "done",
-        "{}",
-        run.stderr
-    );
+    assert_restored(&run);
     assert_eq!(
         count(cli, &second, &registry),
         "2",
@@ -285,12 +301,7 @@ fn a_mount_past_its_limit_resets_its_travelling_copy_and_check_shows_the_mounts(
     std::fs::write(manifest.with_file_name("src").join("input.txt"), "2").unwrap();
     let second = tools.engine().unwrap();
     let run = build(&tools.cli28, &second, &manifest, &["--branch", "main"]);
-    assert_eq!(
-        mount_step(&run, "restore")["outcome"],
-        "done",
-        "{}",
-        run.stderr
-    );
+    assert_restored(&run);
     assert_eq!(
         count(&tools.cli28, &second, &registry),
         "1",
@@ -413,12 +424,7 @@ fn each_platform_s_mount_travels_in_a_two_platform_build() {
     std::fs::write(manifest.with_file_name("src").join("input.txt"), "2").unwrap();
     let second = tools.modern_engine().unwrap();
     let run = build(&tools.cli28, &second, &manifest, &["--branch", "main"]);
-    assert_eq!(
-        mount_step(&run, "restore")["outcome"],
-        "done",
-        "{}",
-        run.stderr
-    );
+    assert_restored(&run);
     for (platform, expected) in [("linux/amd64", "2"), ("linux/arm64", "20")] {
         assert_eq!(
             count_on(&second, platform),
@@ -427,4 +433,58 @@ fn each_platform_s_mount_travels_in_a_two_platform_build() {
             run.stderr
         );
     }
+}
+
+/// A team whose agents run both engines: the modern one (containerd image store) writes its
+/// copy in zstd, which Docker 20.10's image store cannot unpack. There the restore is a warning
+/// and the build goes on without the mount; its export writes a copy in gzip, which the next
+/// modern agent restores.
+#[test]
+fn a_zstd_copy_an_old_engine_cannot_read_is_a_warning_and_its_gzip_copy_travels_on() {
+    let Some(tools) = testbed::require_modern() else {
+        return;
+    };
+    let registry = tools.registry().unwrap();
+    let base = busybox_base(&tools, &registry);
+    let manifest = counter(&registry, &base, "");
+    let input = manifest.with_file_name("src").join("input.txt");
+    let copy = || {
+        registry
+            .manifest("acme/counter", "mount-counter-main")
+            .unwrap()
+            .expect("the copy")
+            .body
+    };
+    let modern = tools.modern_engine().unwrap();
+    build(&tools.cli28, &modern, &manifest, &["--branch", "main"]);
+    modern.stop();
+    assert!(copy().contains("tar+zstd"), "{}", copy());
+
+    std::fs::write(&input, "2").unwrap();
+    let old = tools.engine().unwrap();
+    let run = build(&tools.cli28, &old, &manifest, &["--branch", "main"]);
+    let restore = mount_step(&run, "restore");
+    assert_eq!(restore["outcome"], "warning", "{}", run.stderr);
+    assert!(
+        restore["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot unpack the layer"),
+        "{restore}"
+    );
+    assert_eq!(count(&tools.cli28, &old, &registry), "1", "{}", run.stderr);
+    assert_eq!(mount_step(&run, "export")["outcome"], "done");
+    old.stop();
+    assert!(copy().contains("tar.gzip"), "{}", copy());
+
+    std::fs::write(&input, "3").unwrap();
+    let modern = tools.modern_engine().unwrap();
+    let run = build(&tools.cli28, &modern, &manifest, &["--branch", "main"]);
+    assert_restored(&run);
+    assert_eq!(
+        count(&tools.cli28, &modern, &registry),
+        "2",
+        "the old agent's copy went on\n{}",
+        run.stderr
+    );
 }

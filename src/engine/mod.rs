@@ -59,6 +59,9 @@ pub struct Needs {
     pub local_tags: bool,
     /// The cache mounts the engine holds before the run (where a cache mount may be restored).
     pub cache_mounts: bool,
+    /// A cache mount may be exported: whether the engine keeps its images in the containerd
+    /// store decides how (see `plan::mounts`).
+    pub mount_exports: bool,
     /// A builder is named (`--builder`, `BUILDX_BUILDER`) and the registry check may skip
     /// builds: its facts are asked of `docker buildx inspect`.
     pub builder_facts: bool,
@@ -88,7 +91,11 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
             "{{.Server.Version}}|{{.Server.Os}}|{{.Server.Arch}}",
         ],
         inspect_now,
-        if capability { info } else { &[] },
+        if capability || needs.mount_exports {
+            info
+        } else {
+            &[]
+        },
         if needs.local_tags {
             &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]
         } else {
@@ -222,6 +229,7 @@ pub fn preflight(docker: &str, needs: &Needs, processes: &Processes) -> anyhow::
     let cli = crate::plan::Cli {
         build_through_buildx: major >= 23,
         rawjson: buildx_version.is_some_and(|v| v >= (0, 13)),
+        containerd_store,
     };
     let cache_mounts = mounts
         .ok()

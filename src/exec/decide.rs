@@ -449,6 +449,7 @@ mod tests {
                 uses: vec![("build".into(), "cargo build --release".into())],
                 limit: 1 << 30,
                 best_effort: false,
+                pushes: false,
             }),
             program: "docker".into(),
             args: vec![],

@@ -125,8 +125,9 @@ pub(crate) fn pull(pull: &Pull, streamed: &Streamed) -> Outcome {
 
 /// A restore, export or push of a cache mount that held `bytes`. A restore that the registry
 /// failed is a warning (the build goes on without it); one that failed otherwise, and a failed
-/// export, are errors that say what the generated build needs. An export past the limit made
-/// an empty image, whose push resets the mount's travelling copy.
+/// export, are errors that say what the generated build needs. An export that pushes and
+/// failed on the registry is a failed push (a refusal of a best-effort one a warning). An
+/// export past the limit made an empty image, whose push resets the mount's travelling copy.
 pub(crate) fn mount(
     step: &Step,
     mount: &MountStep,
@@ -141,24 +142,34 @@ pub(crate) fn mount(
         let what = match mount.kind {
             MountKind::Restore => "restore",
             MountKind::Export => "export",
-            MountKind::Push => {
-                let tag = PushTag {
-                    image: mount.image.clone(),
-                    build: step.id,
-                    cache: true,
-                    skip_if_current: false,
-                    chain: Vec::new(),
-                    best_effort: mount.best_effort,
-                };
-                return push(step, &tag, streamed);
-            }
+            MountKind::Push => return push(step, &mount_push(step, mount), streamed),
         };
         if cancelled {
             return Outcome::Failed(format!(
                 "the {what} of cache mount `{id}` of package `{package}` was stopped"
             ));
         }
-        if mount.kind == MountKind::Restore && problem != RegistryProblem::Other {
+        // BuildKit wraps an error of its push in `failed to push IMAGE`.
+        if mount.kind == MountKind::Export
+            && mount.pushes
+            && streamed.text.contains("failed to push")
+        {
+            return push(step, &mount_push(step, mount), streamed);
+        }
+        // The engine could not unpack the copy's layer: a copy in zstd (from an engine on the
+        // containerd image store) read by Docker 20.10's image store fails so. The mount can
+        // still travel: this build goes without it, and its export writes a copy in gzip.
+        if mount.kind == MountKind::Restore && unreadable_layer(&streamed.text) {
+            return Outcome::Warning(format!(
+                "the cache mount `{id}` was not restored: this engine cannot unpack the layer of `{}` (a copy in zstd, from an engine with the containerd image store, needs Docker 23 or later to read); building without it",
+                mount.image
+            ));
+        }
+        // A step of the generated build that ran and failed (`cp: not found`) is the build's
+        // own failure, whatever words it printed: the registry fails before any step runs.
+        let step_failed = streamed.text.contains("did not complete successfully")
+            || streamed.text.contains("executor failed running");
+        if mount.kind == MountKind::Restore && problem != RegistryProblem::Other && !step_failed {
             return Outcome::Warning(format!(
                 "the cache mount `{id}` was not restored: {}; building without it",
                 problem.describe(&mount.image)
@@ -187,6 +198,24 @@ command: {}",
             mount.image
         )),
         _ => Outcome::Done,
+    }
+}
+
+/// Whether a build's output tells that the engine could not unpack an image's layer (Docker's
+/// image store, containerd's).
+fn unreadable_layer(text: &str) -> bool {
+    text.contains("failed to register layer") || text.contains("failed to extract layer")
+}
+
+/// The push of a mount's image, as a cache tag's.
+fn mount_push(step: &Step, mount: &MountStep) -> PushTag {
+    PushTag {
+        image: mount.image.clone(),
+        build: step.id,
+        cache: true,
+        skip_if_current: false,
+        chain: Vec::new(),
+        best_effort: mount.best_effort,
     }
 }
 
@@ -401,6 +430,7 @@ mod tests {
             uses: vec![],
             limit: 1 << 20,
             best_effort: false,
+            pushes: false,
         };
         step.action = crate::plan::Action::Mount(mount.clone());
         let done = Streamed::default();
@@ -424,6 +454,28 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+        // An export that pushes its image itself: the registry's refusal of a best-effort
+        // push is a warning, and the copy is not pushed; anything else fails as a push.
+        let denied = failed("#9 ERROR: failed to push r/x:mount-target-main: denied: requested access to the resource is denied");
+        let pushing = MountStep {
+            pushes: true,
+            best_effort: true,
+            ..mount.clone()
+        };
+        assert!(
+            matches!(mount_outcome(&step, &pushing, &denied, Some(1 << 20)), Outcome::Warning(w) if w.contains("`r/x:mount-target-main` was not pushed"))
+        );
+        let strict = MountStep {
+            best_effort: false,
+            ..pushing.clone()
+        };
+        assert!(
+            matches!(mount_outcome(&step, &strict, &denied, None), Outcome::Failed(w) if w.contains("the push of `r/x:mount-target-main`"))
+        );
+        assert!(
+            matches!(mount_outcome(&step, &pushing, &no_cp, None), Outcome::Failed(w) if w.contains("`cp`")),
+            "a failure of the export's own step is the export's"
+        );
         let restore = MountStep {
             kind: MountKind::Restore,
             ..mount
@@ -432,6 +484,18 @@ mod tests {
             failed("failed to do request: dial tcp 127.0.0.1:5999: connect: connection refused");
         assert!(
             matches!(mount_outcome(&step, &restore, &down, None), Outcome::Warning(w) if w.contains("building without it"))
+        );
+        // Docker 20.10's image store given a copy in zstd, as its BuildKit printed it.
+        let zstd = failed("#4 ERROR: failed to register layer: Error processing tar file(exit status 1): unexpected EOF");
+        assert!(
+            matches!(mount_outcome(&step, &restore, &zstd, None), Outcome::Warning(w) if w.contains("cannot unpack the layer of `r/x:mount-target-main`") && w.contains("building without it"))
+        );
+        assert!(
+            matches!(
+                mount_outcome(&step, &restore, &no_cp, None),
+                Outcome::Failed(_)
+            ),
+            "a restore that cannot run its own step is an error"
         );
     }
 

@@ -311,6 +311,20 @@ impl<'p> Scheduler<'p> {
                 {
                     result.digest = push_digest(&streamed.text);
                 }
+                // An export that pushes: what it printed tells whether the copy was pushed.
+                if let Action::Mount(
+                    m @ MountStep {
+                        kind: MountKind::Export,
+                        pushes: true,
+                        ..
+                    },
+                ) = action
+                {
+                    result.digest = crate::progress::pushed_manifest(
+                        &crate::progress::readable(&streamed.text),
+                        &m.image,
+                    );
+                }
                 result.output = streamed.text;
             }
             (_, Ran::Answered(..)) => {

@@ -42,9 +42,10 @@ pub enum Push {
     All,
 }
 
-/// What the plan needs to know of the docker CLI: which progress form its builds can print.
-/// BuildKit's machine-readable `rawjson` tells a cache hit whose layers were downloaded from a
-/// step that ran; the plain form can lose the difference (see `progress`).
+/// What the plan needs to know of the docker CLI and the engine's builder: which progress form
+/// its builds can print (BuildKit's machine-readable `rawjson` tells a cache hit whose layers
+/// were downloaded from a step that ran; the plain form can lose the difference, see
+/// `progress`), and whether a build can push the image it makes itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cli {
     /// `docker build` goes through buildx (Docker 23 and later); else it is the classic
@@ -52,14 +53,19 @@ pub struct Cli {
     pub build_through_buildx: bool,
     /// buildx prints `--progress=rawjson` (0.13 and later; 0.12 has it too, untried here).
     pub rawjson: bool,
+    /// The engine keeps its images in the containerd image store: its own builder can then
+    /// push from a build an image compressed as asked, without the store's copy and `docker
+    /// push`'s gzip.
+    pub containerd_store: bool,
 }
 
 impl Cli {
-    /// A current CLI: what a run plans for until its preflight has asked, and what a dry run
-    /// prints.
+    /// A current CLI on an engine with the classic image store: what a run plans for until its
+    /// preflight has asked, and what a dry run prints.
     pub const CURRENT: Cli = Cli {
         build_through_buildx: true,
         rawjson: true,
+        containerd_store: false,
     };
 
     /// The `--progress` flag of a build: of `docker buildx build` when `buildx`, else of

@@ -13,6 +13,12 @@
 //!
 //! A build argument that names the run (`XTD_RUN`) keeps BuildKit from taking either build's
 //! step from its cache: the mount's content is not part of the step's cache key.
+//!
+//! Where the builder can push from the build (a builder of its own, or the engine's on the
+//! containerd image store), the export pushes its image itself, its layer compressed with zstd
+//! at level 1: most of an export's time is compression, and gzip's default level took twice as
+//! long for rlibs (see the README's cache-mount figures). Else the export goes into the
+//! engine's store and `docker push` sends it, with the engine's gzip.
 
 use super::shell::quote;
 use super::{Action, Boundary, Input, Options, Plan, Push};
@@ -35,9 +41,16 @@ pub struct MountStep {
     pub uses: Vec<(String, String)>,
     /// For an export: the size past which the mount is not exported, in bytes.
     pub limit: u64,
-    /// For a push: a refused push is a warning.
+    /// For a push, and an export that pushes: a refused push is a warning.
     pub best_effort: bool,
+    /// For an export: it pushes its image itself (no push step follows).
+    pub pushes: bool,
 }
+
+/// The image output of an export that pushes: one layer compressed with zstd at level 1 (even
+/// where the builder would keep another compression), in OCI media types, which zstd needs.
+pub const ZSTD_PUSH: &str =
+    "push=true,compression=zstd,compression-level=1,force-compression=true,oci-mediatypes=true";
 
 /// What a [`MountStep`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +93,7 @@ pub(super) fn restores(
                 uses: uses(input, mount),
                 limit: config.cache_mount_limit,
                 best_effort: false,
+                pushes: false,
             };
             let (args, stdin) = build_args(input, options, &restore_dockerfile(mount, image));
             // A later ref is tried only once the earlier ones are decided.
@@ -114,6 +128,9 @@ pub(super) fn exports(
         .map(|s| s.id)
         .collect();
     let best_effort = options.push == Push::CacheOnly || config.push_cache == PushCache::BestEffort;
+    // The classic client (`DOCKER_BUILDKIT=1`) has no image output that pushes.
+    let pushes = options.builder.is_some()
+        || (options.cli.containerd_store && options.cli.build_through_buildx);
     for mount in &package.mounts {
         let Some(image) = refs(input, mount, boundary)?.write else {
             // A branch-scoped tag without a branch (a detached HEAD) is not written, nor a
@@ -128,6 +145,7 @@ pub(super) fn exports(
             uses: uses(input, mount),
             limit: config.cache_mount_limit,
             best_effort,
+            pushes: pushes && kind == MountKind::Export,
         };
         let (mut args, stdin) = build_args(
             input,
@@ -135,10 +153,15 @@ pub(super) fn exports(
             &export_dockerfile(mount, config.cache_mount_limit),
         );
         let at = args.len() - 3; // before `-f - CONTEXT`
-        args.splice(at..at, ["--tag".to_string(), image.clone()]);
-        if options.builder.is_some() {
-            args.insert(at + 2, "--push".into());
-        }
+        let output = if pushes {
+            [
+                "--output".to_string(),
+                format!("type=image,name={image},{ZSTD_PUSH}"),
+            ]
+        } else {
+            ["--tag".to_string(), image.clone()]
+        };
+        args.splice(at..at, output);
         let export = plan.add_with_stdin(
             name,
             Action::Mount(step(MountKind::Export)),
@@ -147,8 +170,7 @@ pub(super) fn exports(
             stdin,
             builds.clone(),
         );
-        // A builder of its own keeps the image to itself: the export pushed it.
-        if options.builder.is_none() {
+        if !pushes {
             let args = vec!["push".to_string(), image.clone()];
             plan.add(
                 name,

@@ -95,8 +95,9 @@ impl Step {
                         mount.id
                     ),
                     MountKind::Export => format!(
-                        "the cache mount `{}`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`",
-                        mount.id
+                        "the cache mount `{}`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`{}",
+                        mount.id,
+                        if mount.pushes { "; pushes it, zstd-compressed" } else { "" }
                     ),
                     MountKind::Push => format!("the cache mount `{}`: after its export", mount.id),
                 };

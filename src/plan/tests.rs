@@ -631,6 +631,7 @@ fn a_build_the_registry_may_hold_is_checked_first_and_marked_last() {
         cli: Cli {
             build_through_buildx,
             rawjson,
+            containerd_store: false,
         },
         ..all.clone()
     };
@@ -972,6 +973,64 @@ fn a_tag_that_cannot_be_filled_names_package_and_stage() {
         error.to_string(),
         "package `service`, key `tags`: `{git_sha}` needs the commit sha, and this is not a git checkout"
     );
+}
+
+#[test]
+fn an_export_that_can_push_pushes_its_mount_zstd_compressed_with_no_push_step() {
+    let dockerfile = "\
+FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS build
+RUN --mount=type=cache,id=target,target=/app/target cargo build --release
+";
+    let mut config = config(&[], &["latest"]);
+    config.cache_mounts =
+        crate::config::CacheMounts::Chosen([("target".to_string(), None)].into_iter().collect());
+    let exports = |cli: Cli, builder: Option<&str>| -> Vec<(Vec<String>, bool, bool)> {
+        let options = Options {
+            cli,
+            builder: builder.map(str::to_string),
+            ..options(Push::All, false)
+        };
+        let planned = plan(&[feature(config.clone(), dockerfile)], &options).unwrap();
+        planned
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Mount(m) if m.kind != MountKind::Restore => {
+                    Some((s.args.clone(), m.kind == MountKind::Push, m.pushes))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let containerd = Cli {
+        containerd_store: true,
+        ..Cli::CURRENT
+    };
+    let output = "type=image,name=registry.example/acme/service:mount-target-feature-x,push=true,compression=zstd,compression-level=1,force-compression=true,oci-mediatypes=true";
+    for (cli, builder) in [(containerd, None), (Cli::CURRENT, Some("ci"))] {
+        let steps = exports(cli, builder);
+        assert_eq!(steps.len(), 1, "{builder:?}: no push step: {steps:?}");
+        let (args, _, pushes) = &steps[0];
+        assert!(pushes);
+        let at = args.iter().position(|a| a == "--output").expect("--output");
+        assert_eq!(args[at + 1], output);
+        assert!(
+            !args.iter().any(|a| a == "--tag" || a == "--push"),
+            "{args:?}"
+        );
+    }
+    // The classic image store, or the classic client: into the store, then `docker push`.
+    let classic_client = Cli {
+        build_through_buildx: false,
+        ..containerd
+    };
+    for cli in [Cli::CURRENT, classic_client] {
+        let steps = exports(cli, None);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(!steps[0].2 && steps[1].1);
+        assert!(steps[0].0.iter().any(|a| a == "--tag"));
+        assert!(!steps[0].0.iter().any(|a| a.contains("zstd")));
+    }
 }
 
 #[test]

@@ -564,6 +564,21 @@ fn reads_the_pushed_digest() {
 }
 
 #[test]
+fn reads_the_digest_a_build_that_pushed_printed() {
+    let text = readable(include_str!("fixtures/modern-rawjson-zstd-push.json"));
+    assert_eq!(
+        pushed_manifest(&text, "127.0.0.1:5055/x/y:mount-t-main").as_deref(),
+        Some("sha256:59bb5995dbb88bf478000022f2bc1b7ceec5c48e6228e3c6c571c72f3d6f1e45")
+    );
+    // Another image, or a build that pushed nothing: no digest.
+    assert_eq!(pushed_manifest(&text, "127.0.0.1:5055/x/y:other"), None);
+    assert_eq!(
+        pushed_manifest(&readable(MODERN_CHANGED), "127.0.0.1:5055/x/y:mount-t-main"),
+        None
+    );
+}
+
+#[test]
 fn rawjson_log_lines_written_in_pieces_are_shown_whole() {
     // cargo under dockerd 26 (buildx 0.13's rawjson): `   Compiling` and ` syn v2.0.119\n`
     // came in two log messages; a last piece without a newline is shown when its step ends.

@@ -111,6 +111,8 @@ enum Detail<'a> {
         image: &'a str,
         /// The steps that use it, `[stage, command]`: an export runs when one of them ran.
         uses: &'a [(String, String)],
+        /// An export that pushes its copy itself (no push step follows).
+        pushes: bool,
     },
 }
 
@@ -183,6 +185,7 @@ impl<'a> PlanMessage<'a> {
                         mount: &m.id,
                         image: &m.image,
                         uses: &m.uses,
+                        pushes: m.pushes,
                     },
                 },
             })

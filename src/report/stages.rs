@@ -190,8 +190,8 @@ pub fn mount_reports(plan: &Plan, run: &RunResult) -> Vec<MountReport> {
         let report = &mut reports[at];
         // An export into the engine's store is followed by its push: the copy reached the
         // registry only if that push was done. A refused push (a warning under `push-cache =
-        // "best-effort"`), or one that never ran, leaves no export to tell of. (On a builder
-        // of its own the export pushes, and has no push step.)
+        // "best-effort"`), or one that never ran, leaves no export to tell of. An export that
+        // pushes has no push step: it tells of its copy only where it printed the push.
         if m.kind == MountKind::Push {
             match result.map(|r| (&r.outcome, r.seconds)) {
                 Some((Outcome::Done, seconds)) => {
@@ -211,7 +211,7 @@ pub fn mount_reports(plan: &Plan, run: &RunResult) -> Vec<MountReport> {
             MountKind::Restore if ran => {
                 report.restored = Some((m.image.clone(), result.bytes, result.seconds))
             }
-            MountKind::Export if ran => {
+            MountKind::Export if ran && (!m.pushes || result.digest.is_some()) => {
                 report.exported = Some((m.image.clone(), result.bytes, result.seconds))
             }
             _ => {}
@@ -264,9 +264,11 @@ mod tests {
     }
 
     /// A plan of one travelling mount's export, and its push where `pushed_apart`, and a run
-    /// in which the export and the push (if any) ended as given.
+    /// in which the export (with the digest it printed as pushed) and the push (if any) ended
+    /// as given.
     fn export_run(
         pushed_apart: bool,
+        export: (super::Outcome, Option<&str>),
         push: Option<super::Outcome>,
     ) -> (crate::plan::Plan, super::RunResult) {
         use crate::plan::{Action, MountKind, MountStep, Plan, Step};
@@ -281,6 +283,7 @@ mod tests {
                 uses: vec![],
                 limit: 1 << 30,
                 best_effort: true,
+                pushes: !pushed_apart && kind == MountKind::Export,
             }),
             program: "docker".into(),
             args: vec![],
@@ -300,7 +303,9 @@ mod tests {
             r
         };
         let mut run = super::RunResult::default();
-        run.steps.push(result(0, super::Outcome::Done, 2.0));
+        let mut exported = result(0, export.0, 2.0);
+        exported.digest = export.1.map(str::to_string);
+        run.steps.push(exported);
         if let Some(outcome) = push {
             run.steps.push(result(1, outcome, 0.5));
         }
@@ -316,20 +321,27 @@ mod tests {
     #[test]
     fn a_mount_is_reported_exported_only_once_its_copy_reached_the_registry() {
         use super::Outcome;
-        let exported = |pushed_apart, push| {
-            let (plan, run) = export_run(pushed_apart, push);
+        let exported = |pushed_apart, export, push| {
+            let (plan, run) = export_run(pushed_apart, export, push);
             super::mount_reports(&plan, &run).remove(0).exported
         };
+        let done = (Outcome::Done, None);
         let pushed = Some(("r/svc:mount-target-main".to_string(), Some(10 << 20), 2.5));
-        assert_eq!(exported(true, Some(Outcome::Done)), pushed);
+        assert_eq!(exported(true, done.clone(), Some(Outcome::Done)), pushed);
         // A push the registry refused, under `push-cache = "best-effort"`: a warning, and no
         // export to tell of.
         let refused = Outcome::Warning("the cache tag was not pushed".into());
-        assert_eq!(exported(true, Some(refused)), None);
+        assert_eq!(exported(true, done.clone(), Some(refused.clone())), None);
         // A run that stopped before the push.
-        assert_eq!(exported(true, None), None);
-        // A builder of its own: the export pushed its image itself.
-        let by_builder = Some(("r/svc:mount-target-main".to_string(), Some(10 << 20), 2.0));
-        assert_eq!(exported(false, None), by_builder);
+        assert_eq!(exported(true, done, None), None);
+        // An export that pushes its image itself: exported where it printed the push.
+        let by_export = Some(("r/svc:mount-target-main".to_string(), Some(10 << 20), 2.0));
+        assert_eq!(
+            exported(false, (Outcome::Done, Some("sha256:ab")), None),
+            by_export
+        );
+        // Its push refused (a warning), or a build that printed no push: nothing to tell of.
+        assert_eq!(exported(false, (refused, None), None), None);
+        assert_eq!(exported(false, (Outcome::Done, None), None), None);
     }
 }

@@ -241,6 +241,9 @@ pub(super) fn build(args: &BuildArgs, reporter: &Reporter) -> anyhow::Result<()>
         cache_mounts: plan.steps.iter().any(
             |s| matches!(&s.action, plan::Action::Mount(m) if m.kind == plan::MountKind::Restore),
         ),
+        mount_exports: plan.steps.iter().any(
+            |s| matches!(&s.action, plan::Action::Mount(m) if m.kind == plan::MountKind::Export),
+        ),
         local_tags: plan.steps.iter().any(|s| match &s.action {
             plan::Action::Build(b) => b.skip_if_current,
             plan::Action::Push(p) => p.skip_if_current,

@@ -176,10 +176,17 @@ impl<'p> Scheduler<'p> {
     /// Whether `--jobs` leaves a slot for `step`. A final build that has not started yet keeps
     /// a claim on a free slot: every package's result waits for its final build, so a stage
     /// build (started early, or not) does not take the last slot while one is waiting for its
-    /// registry check.
+    /// registry check. A cache mount's restore is on the same path (every build of its package
+    /// waits for it), so the claim does not hold it back either: a package's restores run at
+    /// once.
     fn has_slot(&self, step: &Step) -> bool {
         let free = self.jobs.saturating_sub(self.busy);
-        if matches!(&step.action, Action::Build(b) if b.is_final) {
+        let on_the_final_s_path = match &step.action {
+            Action::Build(b) => b.is_final,
+            Action::Mount(m) => m.kind == MountKind::Restore,
+            _ => false,
+        };
+        if on_the_final_s_path {
             return free > 0;
         }
         let waiting_finals = self
@@ -748,5 +755,40 @@ COPY --from=compile /out /out
             scheduler.start_ready(SystemTime::now()).is_empty(),
             "both slots taken"
         );
+    }
+
+    #[test]
+    fn a_package_s_cache_mount_restores_run_at_once_beside_the_final_build_s_claim() {
+        let dockerfile = "\
+FROM busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS build
+RUN --mount=type=cache,id=target,target=/app/target --mount=type=cache,id=registry,target=/cargo cargo build
+";
+        let mut config = config(&[], &["latest"]);
+        config.cache_mounts = crate::config::CacheMounts::All;
+        let mut input = input(config, dockerfile);
+        input.sources = Some("f00d".into());
+        let plan = crate::plan::plan(&[input], &push_all()).unwrap();
+        let restores: Vec<usize> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.action, Action::Mount(m) if m.kind == MountKind::Restore))
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(restores.len(), 2, "{}", plan.to_shell());
+        let mut scheduler = Scheduler::new(&plan, 2, Some(BTreeSet::new()));
+        let first = scheduler.start_ready(SystemTime::now());
+        // The registry holds no build of these inputs, and both mounts' copies.
+        let held = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let mut started = Vec::new();
+        for id in ran(&first) {
+            let Action::Inspect(inspect) = &plan.steps[id].action else {
+                continue;
+            };
+            let copy = inspect.image.contains(":mount-");
+            answer(&mut scheduler, id, copy.then_some(held));
+            started.extend(ran(&scheduler.start_ready(SystemTime::now())));
+        }
+        started.sort();
+        assert_eq!(started, restores, "both restores at once, with `--jobs 2`");
     }
 }

@@ -469,7 +469,14 @@ fn a_zstd_copy_an_old_engine_cannot_read_is_a_warning_and_its_gzip_copy_travels_
         restore["message"]
             .as_str()
             .unwrap()
-            .contains("cannot unpack the layer"),
+            .contains("cannot unpack the layer of"),
+        "{restore}"
+    );
+    // The engine's words, as a person reads them (not BuildKit's JSON).
+    assert!(
+        restore["message"].as_str().unwrap().contains(
+            "failed to register layer: Error processing tar file(exit status 1): unexpected EOF`;"
+        ),
         "{restore}"
     );
     assert_eq!(count(&tools.cli28, &old, &registry), "1", "{}", run.stderr);

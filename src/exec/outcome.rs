@@ -159,9 +159,12 @@ pub(crate) fn mount(
         // The engine could not unpack the copy's layer: a copy in zstd (from an engine on the
         // containerd image store) read by Docker 20.10's image store fails so. The mount can
         // still travel: this build goes without it, and its export writes a copy in gzip.
-        if mount.kind == MountKind::Restore && unreadable_layer(&streamed.text) {
+        if let Some(said) = (mount.kind == MountKind::Restore)
+            .then(|| unreadable_layer(&crate::progress::readable(&streamed.text)))
+            .flatten()
+        {
             return Outcome::Warning(format!(
-                "the cache mount `{id}` was not restored: this engine cannot unpack the layer of `{}` (a copy in zstd, from an engine with the containerd image store, needs Docker 23 or later to read); building without it",
+                "the cache mount `{id}` was not restored: this engine cannot unpack the layer of `{}` (`{said}`; a copy in zstd, from an engine with the containerd image store, needs Docker 23 or later); building without it",
                 mount.image
             ));
         }
@@ -201,10 +204,16 @@ command: {}",
     }
 }
 
-/// Whether a build's output tells that the engine could not unpack an image's layer (Docker's
-/// image store, containerd's).
-fn unreadable_layer(text: &str) -> bool {
-    text.contains("failed to register layer") || text.contains("failed to extract layer")
+/// What the engine said where a build's output ([`readable`](crate::progress::readable) text)
+/// tells that it could not unpack an image's layer (Docker's image store, containerd's): the
+/// error from those words on.
+fn unreadable_layer(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let at = line
+            .find("failed to register layer")
+            .or_else(|| line.find("failed to extract layer"))?;
+        Some(line[at..].trim_end().to_string())
+    })
 }
 
 /// The push of a mount's image, as a cache tag's.
@@ -488,7 +497,7 @@ mod tests {
         // Docker 20.10's image store given a copy in zstd, as its BuildKit printed it.
         let zstd = failed("#4 ERROR: failed to register layer: Error processing tar file(exit status 1): unexpected EOF");
         assert!(
-            matches!(mount_outcome(&step, &restore, &zstd, None), Outcome::Warning(w) if w.contains("cannot unpack the layer of `r/x:mount-target-main`") && w.contains("building without it"))
+            matches!(mount_outcome(&step, &restore, &zstd, None), Outcome::Warning(w) if w.contains("cannot unpack the layer of `r/x:mount-target-main` (`failed to register layer: Error processing tar file(exit status 1): unexpected EOF`;") && w.contains("building without it"))
         );
         assert!(
             matches!(

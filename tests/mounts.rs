@@ -495,3 +495,169 @@ fn a_zstd_copy_an_old_engine_cannot_read_is_a_warning_and_its_gzip_copy_travels_
         run.stderr
     );
 }
+
+/// A package that counts its runs in a sub-folder of a cache mount, as a non-root user, and
+/// writes a file there on its first run, which it deletes when `src/input.txt` says `drop`;
+/// its image's `/home/app/result` is the count and the sub-folder's listing.
+fn keeper(registry: &testbed::Registry, base: &str, extra: &str) -> PathBuf {
+    let manifest = counter(registry, base, extra);
+    let dir = manifest.parent().unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {base} AS build\nRUN mkdir -p /home/app && echo app:x:1000:1000::/home/app:/bin/sh >> /etc/passwd && echo app:x:1000: >> /etc/group && chown 1000 /home/app\nUSER 1000\nCOPY src /src\nRUN --mount=type=cache,id=keeper,target=/home/app/cache,uid=1000,sharing=locked cd /home/app/cache && mkdir -p sub && n=$(cat sub/count 2>/dev/null || echo 0) && echo $((n + 1)) > sub/count && if [ \"$n\" = 0 ]; then echo once > sub/first; fi && if grep -q drop /src/input.txt; then rm sub/first; fi && {{ cat sub/count; ls sub; }} > /home/app/result\nFROM build AS runtime\n"
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// What the image `latest` of [`keeper`] holds in `/home/app/result`, one line per item.
+fn kept(cli: &Path, agent: &testbed::Engine, registry: &testbed::Registry) -> String {
+    let image = format!("{}/acme/counter:latest", registry.addr());
+    let out = docker(
+        cli,
+        agent,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "cat",
+            "/home/app/result",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The layer digests of the travelling copy `mount-keeper-main`, as the registry serves it.
+fn copy_layers(registry: &testbed::Registry) -> Vec<String> {
+    let repo = "acme/counter";
+    let mut manifest: serde_json::Value = serde_json::from_str(
+        &registry
+            .manifest(repo, "mount-keeper-main")
+            .unwrap()
+            .expect("the copy")
+            .body,
+    )
+    .unwrap();
+    if let Some(first) = manifest["manifests"].get(0) {
+        let digest = first["digest"].as_str().unwrap().to_string();
+        let body = registry
+            .manifest(repo, &digest)
+            .unwrap()
+            .expect("its manifest")
+            .body;
+        manifest = serde_json::from_str(&body).unwrap();
+    }
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Five fresh agents, one after the other, on a Debian base (GNU `find` and `tar`): each
+/// restores the copy the one before exported. After a restore, the export adds what changed as
+/// a layer on top of the restored copy, which the next agent reads through (the count goes on,
+/// the file of the first run is still there, every folder still the step's user's); after a
+/// deletion, it exports the whole mount, and the deleted file stays deleted.
+fn added_on_the_restored_copy(modern: bool, extra: &str) {
+    let Some((_, images)) = testbed::require_rust() else {
+        return;
+    };
+    let tools = if modern {
+        testbed::require_modern()
+    } else {
+        testbed::require()
+    };
+    let Some(tools) = tools else { return };
+    let registry = tools.registry().unwrap();
+    let base = images.serve(&registry).unwrap().runtime;
+    let manifest = keeper(&registry, &base, extra);
+    let input = manifest.with_file_name("src").join("input.txt");
+    let cli = &tools.cli28;
+    let agent = || {
+        if modern {
+            tools.modern_engine()
+        } else {
+            tools.engine()
+        }
+        .unwrap()
+    };
+    let generation = |input_text: &str| {
+        std::fs::write(&input, input_text).unwrap();
+        let engine = agent();
+        let run = build(cli, &engine, &manifest, &["--branch", "main"]);
+        let result = kept(cli, &engine, &registry);
+        engine.stop();
+        let export = mount_step(&run, "export");
+        assert_eq!(export["outcome"], "done", "{}", run.stderr);
+        (run, result, export)
+    };
+
+    let (_, result, export) = generation("1");
+    assert_eq!(result, "1 count first");
+    assert!(export["added_bytes"].is_null(), "{export}");
+    let first = copy_layers(&registry);
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let mut layers = first.clone();
+    for n in ["2", "3"] {
+        let (run, result, export) = generation(n);
+        assert_restored(&run);
+        assert_eq!(result, format!("{n} count first"), "{}", run.stderr);
+        let added = export["added_bytes"].as_u64().expect("added on the copy");
+        assert!(
+            added > 0 && added < export["bytes"].as_u64().unwrap(),
+            "{export}"
+        );
+        let now = copy_layers(&registry);
+        assert_eq!(now.len(), layers.len() + 1, "{now:?}\n{}", run.stderr);
+        assert_eq!(
+            now[..layers.len()],
+            layers[..],
+            "the restored copy's layers, as they were"
+        );
+        layers = now;
+    }
+
+    let (run, result, export) = generation("drop");
+    assert_restored(&run);
+    assert_eq!(result, "4 count", "{}", run.stderr);
+    assert!(export["added_bytes"].is_null(), "the whole mount: {export}");
+    let whole = copy_layers(&registry);
+    assert_eq!(whole.len(), 1, "{whole:?}");
+
+    let (run, result, _) = generation("5");
+    assert_restored(&run);
+    assert_eq!(
+        result, "5 count",
+        "the deleted file stays deleted\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_export_after_a_restore_adds_what_changed_on_the_copy_with_a_registry_cache_on_the_modern_engine(
+) {
+    added_on_the_restored_copy(true, "cache = \"registry\"\nprovenance = false");
+}
+
+#[test]
+fn an_export_after_a_restore_adds_what_changed_on_the_copy_with_inline_cache_on_the_classic_engine()
+{
+    added_on_the_restored_copy(false, "");
+}

@@ -29,6 +29,9 @@ pub(crate) struct Knowledge {
     pub mounts_held: Option<Vec<String>>,
     /// The cache mounts restored in this run, by id.
     pub restored: BTreeSet<String>,
+    /// Of those, the ones whose restore left the record an export needs to add only what
+    /// changed: id -> the image it read, and that image's digest as the restore resolved it.
+    pub restored_from: BTreeMap<String, (String, String)>,
     /// The cache mount images exported in this run.
     pub exported: BTreeSet<String>,
     /// The layer digests of the images the registry was asked for and holds (an image's, each
@@ -66,7 +69,9 @@ impl Knowledge {
         self.mounts_held.as_ref().is_some_and(|held| {
             held.iter().any(|description| {
                 description.starts_with(&format!("cached mount {} from exec", mount.target))
-                    || description.contains(&format!("xtask-docker mount {}'", mount.id))
+                    // Not the record the same command mounts beside it (`/xtd-record`).
+                    || (description.starts_with(&format!("cached mount {} from exec", crate::plan::MOUNTED))
+                        && description.contains(&format!("xtask-docker mount {}'", mount.id)))
             })
         })
     }
@@ -214,6 +219,83 @@ pub(crate) fn start(step: &Step, known: &Knowledge) -> Start {
         },
         _ => Start::Run,
     }
+}
+
+/// The base of an export of `mount` (`IMAGE@sha256:...`): the copy a restore of this run read,
+/// where that restore left its record, the copy is in the export's own repository (its layers
+/// are there already), and it has fewer than [`MAX_LAYERS`](crate::plan::MAX_LAYERS) layers
+/// for each of its platforms (as the registry listed them). `None`: the whole mount.
+pub(crate) fn export_base(known: &Knowledge, mount: &MountStep) -> Option<String> {
+    if mount.kind != MountKind::Export {
+        return None;
+    }
+    let (image, digest) = known.restored_from.get(&mount.id)?;
+    if repository(image) != repository(&mount.image) {
+        return None;
+    }
+    let manifests = match known.registry.get(image) {
+        Some(Ok(Some(manifests))) if !manifests.is_empty() => manifests.len(),
+        _ => return None,
+    };
+    let layers = known.layers.get(image).map_or(0, |l| l.len());
+    (layers > 0 && layers / manifests < crate::plan::MAX_LAYERS).then(|| {
+        let name = image
+            .rsplit_once('@')
+            .map_or(image.as_str(), |(name, _)| name);
+        format!("{name}@{digest}")
+    })
+}
+
+/// An image reference without its tag or digest.
+fn repository(image: &str) -> &str {
+    let image = image.split_once('@').map_or(image, |(name, _)| name);
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => name,
+        _ => image,
+    }
+}
+
+/// The digest (`sha256:...`) of `image`, the copy a restore mounted, as the restore's output
+/// ([`readable`](crate::progress::readable)) tells it. BuildKit 0.12 and later name the step
+/// that reads it `FROM IMAGE@sha256:...` (with the registry's name before it for Docker Hub).
+/// Docker 20.10's names it `FROM IMAGE` and lists the descriptors it fetched under that step:
+/// there the registry's answer (`asked`) is taken where it was one manifest and the step lists
+/// it (so that a push between the question and the restore cannot give another copy's digest).
+pub(crate) fn restored_digest(text: &str, image: &str, asked: Option<&Answer>) -> Option<String> {
+    let hub = ["FROM ", "FROM docker.io/", "FROM docker.io/library/"];
+    let named = text.lines().find_map(|line| {
+        let at = line.find(&format!("{image}@sha256:"))?;
+        if !hub.iter().any(|prefix| line[..at].ends_with(prefix)) {
+            return None;
+        }
+        let hex: String = line[at + image.len() + "@sha256:".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect();
+        (hex.len() == 64).then(|| format!("sha256:{hex}"))
+    });
+    if named.is_some() {
+        return named;
+    }
+    let Some(Ok(Some(manifests))) = asked else {
+        return None;
+    };
+    let [digest] = manifests.iter().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let vertex = text.lines().find_map(|line| {
+        let (vertex, rest) = line.split_once(' ')?;
+        let name = rest.trim_end().strip_prefix("FROM ")?;
+        let name = ["docker.io/library/", "docker.io/"]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix).filter(|n| *n == image))
+            .unwrap_or(name);
+        (vertex.starts_with('#') && name == image).then_some(vertex)
+    })?;
+    let listed = format!("{vertex} {digest} ");
+    text.lines()
+        .any(|line| line.starts_with(&listed))
+        .then(|| digest.clone())
 }
 
 /// Whether `step` may start before step `awaited`, which it waits for in the plan, has ended.
@@ -490,6 +572,12 @@ mod tests {
                 "{description}"
             );
         }
+        // The record of the last restore, which the same command mounts, is not the mount.
+        k.mounts_held = Some(vec![
+            "cached mount /xtd-record from exec /bin/sh -c : 'xtask-docker mount target'; if ..."
+                .into(),
+        ]);
+        assert_eq!(start(&restore, &k), Start::Run, "only the record");
         k.mounts_held = Some(vec![]);
         k.restored.insert("target".into());
         assert!(skipped(start(&restore, &k)).contains("earlier ref"));
@@ -547,5 +635,97 @@ mod tests {
         assert_eq!(start(&push, &k), Start::Run);
         k.fresh.insert("svc".into(), "r/x:inputs-1".into());
         assert!(skipped(start(&push, &k)).contains("registry holds this build"));
+    }
+
+    #[test]
+    fn an_export_adds_to_the_copy_a_restore_of_this_run_read_in_its_own_repository_while_it_has_few_layers(
+    ) {
+        let export = mount_step(MountKind::Export);
+        let Action::Mount(mount) = &export.action else {
+            unreachable!()
+        };
+        let read = "r/x:mount-target-main";
+        let layers = |n: usize| (0..n).map(|i| format!("sha256:l{i}")).collect();
+        let mut k = known(&[], &[(read, manifests(&["sha256:m"]))], Some(&[]));
+        k.layers.insert(read.into(), layers(2));
+        assert_eq!(export_base(&k, mount), None, "nothing restored");
+        k.restored_from
+            .insert("target".into(), (read.into(), "sha256:d".into()));
+        assert_eq!(
+            export_base(&k, mount).as_deref(),
+            Some("r/x:mount-target-main@sha256:d")
+        );
+        let Action::Mount(restore) = &mount_step(MountKind::Restore).action else {
+            unreachable!()
+        };
+        assert_eq!(export_base(&k, restore), None, "a restore has no base");
+        // A feature branch's export on the default branch's copy: the same repository.
+        let mut branch = mount.clone();
+        branch.image = "r/x:mount-target-feature".into();
+        assert!(export_base(&k, &branch).is_some());
+        branch.image = "r/other:mount-target-main".into();
+        assert_eq!(export_base(&k, &branch), None, "another repository");
+        k.layers
+            .insert(read.into(), layers(crate::plan::MAX_LAYERS));
+        assert_eq!(export_base(&k, mount), None, "as many layers as allowed");
+        // Two platforms: the layers are counted for each.
+        k.registry
+            .insert(read.into(), manifests(&["sha256:amd64", "sha256:arm64"]));
+        assert!(export_base(&k, mount).is_some());
+        k.layers.insert(read.into(), BTreeSet::new());
+        assert_eq!(export_base(&k, mount), None, "layers unknown");
+        k.layers.insert(read.into(), layers(2));
+        k.registry.insert(read.into(), Err("down".into()));
+        assert_eq!(export_base(&k, mount), None, "the registry did not answer");
+    }
+
+    #[test]
+    fn a_restore_s_output_tells_the_digest_of_the_copy_it_mounted() {
+        let d = "4f0c7e5b1d1b0f8e3b0cf3e9f4f1b8e0a3a0cd8d7b6a7d6b2a6b8e9a0f1c2d3e";
+        let image = "127.0.0.1:5000/acme/x:mount-target-main";
+        let text = format!(
+            "#5 [internal] load metadata for {image}\n#6 FROM {image}@sha256:{d}\n#6 resolve {image}@sha256:{d} done\n"
+        );
+        assert_eq!(
+            restored_digest(&text, image, None),
+            Some(format!("sha256:{d}"))
+        );
+        let hub = format!("#6 FROM docker.io/acme/x:mount-t-main@sha256:{d}\n");
+        assert_eq!(
+            restored_digest(&hub, "acme/x:mount-t-main", None),
+            Some(format!("sha256:{d}"))
+        );
+        // Another image's step, a short digest, a line that only resolves it.
+        for text in [
+            format!("#6 FROM 127.0.0.1:5000/acme/x:mount-other-main@sha256:{d}"),
+            format!("#6 FROM {image}@sha256:{}", &d[..10]),
+            format!("#6 resolve {image}@sha256:{d} done"),
+            format!("#6 FROM evil/{image}@sha256:{d}"),
+        ] {
+            assert_eq!(restored_digest(&text, image, None), None, "{text}");
+        }
+        // Docker 20.10 names the step without a digest and lists what it fetched: the digest
+        // the registry answered, if it is one manifest and the step lists it.
+        let m = format!("sha256:{d}");
+        let old = format!(
+            "#4 FROM {image}\n#4 resolve {image} done\n#4 sha256:0b48 done\n#4 {m} done\n#4 DONE 0.1s\n"
+        );
+        let one = manifests(&[&m]);
+        assert_eq!(restored_digest(&old, image, Some(&one)), Some(m.clone()));
+        let other = old.replace("#4 sha256:4f0c", "#5 sha256:4f0c");
+        assert_eq!(
+            restored_digest(&other, image, Some(&one)),
+            None,
+            "another step's"
+        );
+        let two = manifests(&[&m, "sha256:arm64"]);
+        assert_eq!(restored_digest(&old, image, Some(&two)), None, "an index");
+        assert_eq!(restored_digest(&old, image, None), None, "not asked");
+        let moved = manifests(&["sha256:another"]);
+        assert_eq!(
+            restored_digest(&old, image, Some(&moved)),
+            None,
+            "pushed since"
+        );
     }
 }

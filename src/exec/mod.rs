@@ -169,9 +169,12 @@ impl Session {
             for launch in scheduler.start_ready(SystemTime::now()) {
                 match launch {
                     Launch::Run(step) => {
-                        listener.started(plan, step, true);
-                        let (step, processes, tx) =
-                            (step.clone(), self.processes.clone(), self.tx.clone());
+                        listener.started(plan, &step, true);
+                        let (step, processes, tx) = (
+                            (*step).into_owned(),
+                            self.processes.clone(),
+                            self.tx.clone(),
+                        );
                         // An answer to the very question the step asks, if it was asked early.
                         let asked = self
                             .asked

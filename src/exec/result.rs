@@ -40,6 +40,8 @@ pub struct StepResult {
     pub answer: Option<Answer>,
     /// For restores and exports of cache mounts: how many bytes the mount held.
     pub bytes: Option<u64>,
+    /// For an export on top of a restored copy: how many bytes it added to the copy.
+    pub added: Option<u64>,
     /// Everything the command printed.
     pub output: String,
 }
@@ -57,6 +59,7 @@ impl StepResult {
             digest: None,
             answer: None,
             bytes: None,
+            added: None,
             output: String::new(),
         }
     }

@@ -4,6 +4,7 @@
 //! what to start; the run loop in `exec` does the starting. So every scheduling rule is tested
 //! here with made-up events, without an engine.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
@@ -27,8 +28,9 @@ enum Status {
 /// What the run loop is to do with a step that can start now.
 #[derive(Debug)]
 pub(crate) enum Launch<'p> {
-    /// Run its command.
-    Run(&'p Step),
+    /// Run its command: the plan's, or (an export on top of a restored copy) the plan's with
+    /// what the run learned.
+    Run(Box<Cow<'p, Step>>),
     /// Nothing to run: it was skipped, with this result.
     Skipped(&'p Step, Box<StepResult>),
 }
@@ -155,7 +157,7 @@ impl<'p> Scheduler<'p> {
                         self.status[id] = Status::Running;
                         self.running += 1;
                         self.busy += usize::from(counts);
-                        launches.push(Launch::Run(step));
+                        launches.push(Launch::Run(Box::new(self.as_run(step))));
                     }
                     Start::Skip(why) => {
                         self.status[id] = Status::Ended { ok: true };
@@ -170,6 +172,23 @@ impl<'p> Scheduler<'p> {
             if !skipped {
                 return launches;
             }
+        }
+    }
+
+    /// `step` as it runs: an export of a mount that a restore of this run copied in exports
+    /// what changed on top of the copy it read (see `plan::mounts`).
+    fn as_run(&self, step: &'p Step) -> Cow<'p, Step> {
+        let base = match &step.action {
+            Action::Mount(mount) => decide::export_base(&self.known, mount),
+            _ => None,
+        };
+        match base {
+            Some(base) => {
+                let mut step = step.clone();
+                step.args = crate::plan::on_base(&step.args, &base);
+                Cow::Owned(step)
+            }
+            None => Cow::Borrowed(step),
         }
     }
 
@@ -289,13 +308,21 @@ impl<'p> Scheduler<'p> {
                     Action::Pull(pull) => outcome::pull(pull, &streamed),
                     Action::Mark { marker } => outcome::mark(marker, &streamed),
                     Action::Mount(mount) => {
-                        result.bytes =
-                            crate::plan::printed_size(&crate::progress::readable(&streamed.text));
+                        let text = crate::progress::readable(&streamed.text);
+                        result.bytes = crate::plan::printed_size(&text);
+                        result.added = crate::plan::printed_added(&text);
                         let outcome =
                             outcome::mount(step, mount, &streamed, result.bytes, self.stopped);
                         match (mount.kind, &outcome) {
                             (MountKind::Restore, Outcome::Done) => {
                                 self.known.restored.insert(mount.id.clone());
+                                let asked = self.known.registry.get(&mount.image);
+                                let digest = decide::restored_digest(&text, &mount.image, asked);
+                                if let Some(digest) = digest.filter(|_| copied(&text)) {
+                                    self.known
+                                        .restored_from
+                                        .insert(mount.id.clone(), (mount.image.clone(), digest));
+                                }
                             }
                             (MountKind::Export, Outcome::Done | Outcome::Warning(_)) => {
                                 self.known.exported.insert(mount.image.clone());
@@ -398,6 +425,13 @@ impl<'p> Scheduler<'p> {
             fresh: self.known.fresh,
         }
     }
+}
+
+/// Whether a restore's output ([`readable`](crate::progress::readable)) tells that it copied
+/// the image into the mount and left the record an export needs.
+fn copied(text: &str) -> bool {
+    text.lines()
+        .any(|line| line.trim_end().ends_with(crate::plan::COPIED))
 }
 
 #[cfg(test)]

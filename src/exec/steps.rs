@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::engine::process::Processes;
 use crate::engine::PROBE_TIMEOUT;
-use crate::plan::{Action, Step};
+use crate::plan::{Action, MountKind, Step, WHOLE};
 
 use super::outcome;
 use super::schedule::{Finished, Ran};
@@ -61,6 +61,26 @@ pub(crate) fn run(
                     }
                     _ => break Ran::Streamed(streamed),
                 }
+            }
+        }
+        Action::Mount(mount) if mount.kind == MountKind::Export => {
+            let streamed = stream(step, processes, tx);
+            // An export on top of a restored copy that cannot be: the whole mount instead.
+            let text = crate::progress::readable(&streamed.text);
+            let whole = text
+                .lines()
+                .find_map(|line| Some(line[line.find(WHOLE)? + WHOLE.len()..].trim()));
+            match whole {
+                Some(why) if streamed.result.is_err() && !processes.is_cancelled() => {
+                    let _ = tx.send(Msg::Line(
+                        step.id,
+                        format!("exporting the whole cache mount `{}`: {why}", mount.id),
+                    ));
+                    let mut step = step.clone();
+                    step.args = crate::plan::on_scratch(&step.args);
+                    Ran::Streamed(stream(&step, processes, tx))
+                }
+                _ => Ran::Streamed(streamed),
             }
         }
         Action::Build(_) | Action::Pull(_) | Action::Mark { .. } | Action::Mount(_) => {

@@ -14,6 +14,15 @@
 //! A build argument that names the run (`XTD_RUN`) keeps BuildKit from taking either build's
 //! step from its cache: the mount's content is not part of the step's cache key.
 //!
+//! An export after a restore in the same run adds only what changed: the restore leaves a
+//! record in a second cache mount (the files it copied, and a time stamp), and the export puts
+//! the files whose status changed since then in a layer on top of the restored copy, named by
+//! digest in the build argument `XTD_BASE` (`scratch` in the plan; the run names the copy the
+//! restore read, see `exec`). Where that copy cannot be the base (a file was deleted since the
+//! restore, what changed is more than half of the mount, the mount is past its limit), the
+//! build says so and the run exports the whole mount instead; where the image lacks GNU `find`
+//! and `tar`, or the copy has [`MAX_LAYERS`] layers already, it exports the whole mount at once.
+//!
 //! Where the builder can push from the build (a builder of its own, or the engine's on the
 //! containerd image store), the export pushes its image itself, its layer compressed with zstd
 //! at level 1: most of an export's time is compression, and gzip's default level took twice as
@@ -49,8 +58,46 @@ pub struct MountStep {
 
 /// The image output of an export that pushes: one layer compressed with zstd at level 1 (even
 /// where the builder would keep another compression), in OCI media types, which zstd needs.
-pub const ZSTD_PUSH: &str =
-    "push=true,compression=zstd,compression-level=1,force-compression=true,oci-mediatypes=true";
+/// Not `force-compression`: an export on top of a restored copy keeps that copy's layers as
+/// they are in the registry, whatever their compression.
+pub const ZSTD_PUSH: &str = "push=true,compression=zstd,compression-level=1,oci-mediatypes=true";
+
+/// The layers a copy may have (its first, the whole mount, and what later exports added) before
+/// an export writes the whole mount again: each layer is downloaded by every restore, files that
+/// changed twice in two of them.
+pub const MAX_LAYERS: usize = 5;
+
+/// The build argument of an export in the plan: its base, `scratch` (the whole mount).
+pub const SCRATCH_BASE: &str = "XTD_BASE=scratch";
+
+/// What an export on top of a restored copy prints where that copy cannot be its base, before
+/// the reason; the run then exports the whole mount. (The scripts write these words split by
+/// `""`, so that the command, which the engine's output shows too, does not hold them.)
+pub const WHOLE: &str = "xtask-docker-mount-whole: ";
+
+/// What a restore prints where it copied the image into the mount and left the record an
+/// export needs to add only what changed.
+pub const COPIED: &str = "xtask-docker-mount-copied";
+
+/// The argv of an export with its base named `base` (`IMAGE@sha256:...`) instead of `scratch`.
+pub fn on_base(args: &[String], base: &str) -> Vec<String> {
+    args.iter()
+        .map(|arg| match arg.as_str() {
+            SCRATCH_BASE => format!("XTD_BASE={base}"),
+            _ => arg.clone(),
+        })
+        .collect()
+}
+
+/// The argv of an export that exports the whole mount (its base `scratch`).
+pub fn on_scratch(args: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|arg| match arg.strip_prefix("XTD_BASE=") {
+            Some(_) => SCRATCH_BASE.to_string(),
+            None => arg.clone(),
+        })
+        .collect()
+}
 
 /// What a [`MountStep`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +200,11 @@ pub(super) fn exports(
             &export_dockerfile(mount, config.cache_mount_limit),
         );
         let at = args.len() - 3; // before `-f - CONTEXT`
+        args.splice(
+            at..at,
+            ["--build-arg".to_string(), SCRATCH_BASE.to_string()],
+        );
+        let at = args.len() - 3;
         let output = if pushes {
             [
                 "--output".to_string(),
@@ -244,7 +296,12 @@ fn build_args(input: &Input, options: &Options, dockerfile: &str) -> (Vec<String
 
 /// Where the generated builds mount the cache: a path of their own, so that no quoting of the
 /// package's target is needed.
-const MOUNTED: &str = "/xtd-mount";
+pub const MOUNTED: &str = "/xtd-mount";
+
+/// Where they mount the record of the last restore (a cache of its own, see [`record_option`]):
+/// `files`, the sorted list of what it copied; `stamp`, a file written after the copy, whose
+/// time the export compares with the status change times; `run`, the run's name.
+const RECORD: &str = "/xtd-record";
 
 /// The `--mount` option that mounts `mount`'s cache, with the first use's `uid`, `gid` and
 /// `mode` (which apply when the cache is created: a restore may create it).
@@ -262,6 +319,18 @@ fn cache_option(mount: &TravellingMount) -> String {
         }
     }
     fields.join(",")
+}
+
+/// The `--mount` option of the record of `mount`'s last restore: a cache of its own, named after
+/// the mount's, so that the package's steps never see it.
+fn record_option(mount: &TravellingMount) -> String {
+    [
+        "type=cache".to_string(),
+        csv(&format!("id={}-xtask-docker-record", mount.id)),
+        format!("target={RECORD}"),
+        "sharing=locked".to_string(),
+    ]
+    .join(",")
 }
 
 /// One field of BuildKit's CSV-quoted mount options.
@@ -295,31 +364,73 @@ fn named(mount: &TravellingMount) -> String {
 /// The restore of `mount` from `image`. `cp -a` of the seed's `.` would also give the mount's
 /// own folder the owner and mode of the image's root: they are put back as BuildKit made them
 /// (with the mount's `uid`, `gid` and `mode`), so that a non-root step can still write.
+///
+/// After the copy it writes the record (see [`RECORD`]), where the image has what an export
+/// needs to add only what changed (GNU `find -cnewer` and `tar -T`, `comm`):
+/// the list of files, then the stamp, then it waits until the clock has passed the stamp's
+/// time (a few milliseconds at most: file times tick coarsely), so that every later change has
+/// a later status change time than the stamp.
 fn restore_dockerfile(mount: &TravellingMount, image: &str) -> String {
+    let record = [
+        format!("rm -f {RECORD}/run"),
+        format!("if (cd {MOUNTED} && find . -print > {RECORD}/found) && LC_ALL=C sort {RECORD}/found > {RECORD}/files && touch {RECORD}/stamp {RECORD}/tick && find {RECORD}/tick -maxdepth 0 -cnewer {RECORD}/stamp > /dev/null && tar -cf /dev/null --no-recursion --no-unquote --verbatim-files-from -T /dev/null && command -v comm > /dev/null"),
+        format!("then until [ -n \"$(find {RECORD}/tick -newer {RECORD}/stamp)\" ]; do touch {RECORD}/tick; done"),
+        format!("echo \"$XTD_RUN\" > {RECORD}/run; echo xtask-docker-mount-\"\"copied; fi"),
+    ]
+    .join("; ");
     format!(
-        "{}RUN --mount={} --mount=type=bind,{},target=/xtd-seed \\\n    {}; if [ -z \"$(ls -A {MOUNTED})\" ]; then owner=$(stat -c %u:%g {MOUNTED}); mode=$(stat -c %a {MOUNTED}); cp -a /xtd-seed/. {MOUNTED}/; chown \"$owner\" {MOUNTED}; chmod \"$mode\" {MOUNTED}; fi; echo \"xtask-docker-mount $(du -sk {MOUNTED} | cut -f1) KiB\"\n",
+        "{}RUN --mount={} --mount={} --mount=type=bind,{},target=/xtd-seed \\\n    {}; if [ -z \"$(ls -A {MOUNTED})\" ]; then owner=$(stat -c %u:%g {MOUNTED}); mode=$(stat -c %a {MOUNTED}); cp -a /xtd-seed/. {MOUNTED}/; chown \"$owner\" {MOUNTED}; chmod \"$mode\" {MOUNTED}; {record}; fi; echo \"xtask-docker-mount $(du -sk {MOUNTED} | cut -f1) KiB\"\n",
         preamble(mount, "restore"),
         cache_option(mount),
+        record_option(mount),
         csv(&format!("from={image}")),
         named(mount),
     )
 }
 
-/// The export of `mount`, unless it is more than `limit` bytes.
+/// The export of `mount`, unless it is more than `limit` bytes: on `scratch`, the whole mount;
+/// on a restored copy (`XTD_BASE`), the files whose status changed since the restore's stamp,
+/// with every folder (so that each keeps its owner and mode in the new layer). Where the copy
+/// cannot be the base, it prints [`WHOLE`] and a reason, and fails.
 fn export_dockerfile(mount: &TravellingMount, limit: u64) -> String {
+    let limit = limit / 1024;
+    let whole = "whole() { echo \"xtask-docker-mount-\"\"whole: $1\"; exit 3; }";
+    let added = [
+        format!("[ \"$(cat {RECORD}/run 2>/dev/null)\" = \"$XTD_RUN\" ] || whole 'the mount was not restored in this run'"),
+        format!("cd {MOUNTED} || whole 'no mount'"),
+        "nl=$(printf '\\nx'); nl=${nl%x}".to_string(),
+        "[ -z \"$(find . -name \"*$nl*\" -print)\" ] || whole 'a file name holds a line break'".to_string(),
+        "{ find . -print > /xtd-work/found && LC_ALL=C sort /xtd-work/found > /xtd-work/files; } || whole 'cannot list the files'".to_string(),
+        format!("[ -z \"$(LC_ALL=C comm -23 {RECORD}/files /xtd-work/files)\" ] || whole 'a file was deleted since the restore'"),
+        format!("{{ find . -type d -print && find . ! -type d -cnewer {RECORD}/stamp -print; }} > /xtd-work/added || whole 'cannot list what changed'"),
+        "tar -cf /xtd-work/added.tar --no-recursion --no-unquote --verbatim-files-from -T /xtd-work/added && tar -xf /xtd-work/added.tar -C /xtd-out || whole 'cannot copy what changed'".to_string(),
+        "added=$(du -sk /xtd-out | cut -f1)".to_string(),
+        "[ $((added * 2)) -le \"$kib\" ] || [ \"$added\" -le 1024 ] || whole 'what changed is more than half of the mount'".to_string(),
+        "echo \"xtask-docker-mount-added $added KiB\"".to_string(),
+    ]
+    .join("; ");
     format!(
-        "{}RUN --mount={} \\\n    {}; kib=$(du -sk {MOUNTED} | cut -f1); echo \"xtask-docker-mount $kib KiB\"; mkdir -p /xtd-out; if [ \"$kib\" -le {} ]; then cp -a {MOUNTED}/. /xtd-out/; fi\nFROM scratch\nCOPY --from=export /xtd-out /\n",
+        "ARG XTD_BASE=scratch\n{}ARG XTD_BASE\nRUN --mount={} --mount={} \\\n    {}; kib=$(du -sk {MOUNTED} | cut -f1); echo \"xtask-docker-mount $kib KiB\"; mkdir -p /xtd-out /xtd-work; {whole}; if [ \"$XTD_BASE\" = scratch ]; then if [ \"$kib\" -le {limit} ]; then cp -a {MOUNTED}/. /xtd-out/; fi; else [ \"$kib\" -le {limit} ] || whole 'the mount is past its limit'; {added}; fi\nFROM ${{XTD_BASE}}\nCOPY --from=export /xtd-out /\n",
         preamble(mount, "export"),
         cache_option(mount),
+        record_option(mount),
         named(mount),
-        limit / 1024,
     )
 }
 
 /// The size a restore or export printed, in bytes.
 pub fn printed_size(output: &str) -> Option<u64> {
+    printed(output, "xtask-docker-mount ")
+}
+
+/// What an export on top of a restored copy added to it, in bytes.
+pub fn printed_added(output: &str) -> Option<u64> {
+    printed(output, "xtask-docker-mount-added ")
+}
+
+fn printed(output: &str, what: &str) -> Option<u64> {
     output.lines().rev().find_map(|line| {
-        let rest = &line[line.find("xtask-docker-mount ")? + "xtask-docker-mount ".len()..];
+        let rest = &line[line.find(what)? + what.len()..];
         let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
         Some(kib * 1024)
     })

@@ -95,7 +95,7 @@ impl Step {
                         mount.id
                     ),
                     MountKind::Export => format!(
-                        "the cache mount `{}`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`{}",
+                        "the cache mount `{}`: only when a step that uses it ran; where a restore of this run copied it in, only what changed, on top of the copy it read (`XTD_BASE=IMAGE@DIGEST`), else the whole mount; an empty image (a reset) when it is over `cache-mount-limit`{}",
                         mount.id,
                         if mount.pushes { "; pushes it, zstd-compressed" } else { "" }
                     ),

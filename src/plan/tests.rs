@@ -1006,7 +1006,7 @@ RUN --mount=type=cache,id=target,target=/app/target cargo build --release
         containerd_store: true,
         ..Cli::CURRENT
     };
-    let output = "type=image,name=registry.example/acme/service:mount-target-feature-x,push=true,compression=zstd,compression-level=1,force-compression=true,oci-mediatypes=true";
+    let output = "type=image,name=registry.example/acme/service:mount-target-feature-x,push=true,compression=zstd,compression-level=1,oci-mediatypes=true";
     for (cli, builder) in [(containerd, None), (Cli::CURRENT, Some("ci"))] {
         let steps = exports(cli, builder);
         assert_eq!(steps.len(), 1, "{builder:?}: no push step: {steps:?}");
@@ -1058,8 +1058,8 @@ COPY --from=build /app/bin /bin
         ARG TARGETARCH
         ARG TARGETVARIANT
         ARG XTD_RUN
-        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-feature-x,target=/xtd-seed \
-            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
+        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=cache,id=target-xtask-docker-record,target=/xtd-record,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-feature-x,target=/xtd-seed \
+            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; rm -f /xtd-record/run; if (cd /xtd-mount && find . -print > /xtd-record/found) && LC_ALL=C sort /xtd-record/found > /xtd-record/files && touch /xtd-record/stamp /xtd-record/tick && find /xtd-record/tick -maxdepth 0 -cnewer /xtd-record/stamp > /dev/null && tar -cf /dev/null --no-recursion --no-unquote --verbatim-files-from -T /dev/null && command -v comm > /dev/null; then until [ -n "$(find /xtd-record/tick -newer /xtd-record/stamp)" ]; do touch /xtd-record/tick; done; echo "$XTD_RUN" > /xtd-record/run; echo xtask-docker-mount-""copied; fi; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
         XTD
         docker manifest inspect -v registry.example/acme/service:mount-target-main  # whether the registry holds this cache image decides the skips below
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run -f - /src/service <<'XTD'  # the cache mount `target`: only when the engine lacks it and the registry holds this image (the first of its refs it holds)
@@ -1070,12 +1070,13 @@ COPY --from=build /app/bin /bin
         ARG TARGETARCH
         ARG TARGETVARIANT
         ARG XTD_RUN
-        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-main,target=/xtd-seed \
-            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
+        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=cache,id=target-xtask-docker-record,target=/xtd-record,sharing=locked --mount=type=bind,from=registry.example/acme/service:mount-target-main,target=/xtd-seed \
+            : 'xtask-docker mount target'; if [ -z "$(ls -A /xtd-mount)" ]; then owner=$(stat -c %u:%g /xtd-mount); mode=$(stat -c %a /xtd-mount); cp -a /xtd-seed/. /xtd-mount/; chown "$owner" /xtd-mount; chmod "$mode" /xtd-mount; rm -f /xtd-record/run; if (cd /xtd-mount && find . -print > /xtd-record/found) && LC_ALL=C sort /xtd-record/found > /xtd-record/files && touch /xtd-record/stamp /xtd-record/tick && find /xtd-record/tick -maxdepth 0 -cnewer /xtd-record/stamp > /dev/null && tar -cf /dev/null --no-recursion --no-unquote --verbatim-files-from -T /dev/null && command -v comm > /dev/null; then until [ -n "$(find /xtd-record/tick -newer /xtd-record/stamp)" ]; do touch /xtd-record/tick; done; echo "$XTD_RUN" > /xtd-record/run; echo xtask-docker-mount-""copied; fi; fi; echo "xtask-docker-mount $(du -sk /xtd-mount | cut -f1) KiB"
         XTD
         DOCKER_BUILDKIT=1 docker build --progress=rawjson --build-arg BUILDKIT_INLINE_CACHE=1 --target runtime --cache-from registry.example/acme/service:runtime --tag registry.example/acme/service:latest -f /src/service/Dockerfile /src/service
         docker push registry.example/acme/service:latest
-        DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run --tag registry.example/acme/service:mount-target-feature-x -f - /src/service <<'XTD'  # the cache mount `target`: only when a step that uses it ran; an empty image (a reset) when it is over `cache-mount-limit`
+        DOCKER_BUILDKIT=1 docker build --progress=rawjson --provenance=false --network none --build-arg XTD_RUN=run --build-arg XTD_BASE=scratch --tag registry.example/acme/service:mount-target-feature-x -f - /src/service <<'XTD'  # the cache mount `target`: only when a step that uses it ran; where a restore of this run copied it in, only what changed, on top of the copy it read (`XTD_BASE=IMAGE@DIGEST`), else the whole mount; an empty image (a reset) when it is over `cache-mount-limit`
+        ARG XTD_BASE=scratch
         FROM rust@sha256:0000000000000000000000000000000000000000000000000000000000000000 AS export
         ARG BUILDPLATFORM
         ARG TARGETPLATFORM
@@ -1083,9 +1084,10 @@ COPY --from=build /app/bin /bin
         ARG TARGETARCH
         ARG TARGETVARIANT
         ARG XTD_RUN
-        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked \
-            : 'xtask-docker mount target'; kib=$(du -sk /xtd-mount | cut -f1); echo "xtask-docker-mount $kib KiB"; mkdir -p /xtd-out; if [ "$kib" -le 4194304 ]; then cp -a /xtd-mount/. /xtd-out/; fi
-        FROM scratch
+        ARG XTD_BASE
+        RUN --mount=type=cache,id=target,target=/xtd-mount,sharing=locked --mount=type=cache,id=target-xtask-docker-record,target=/xtd-record,sharing=locked \
+            : 'xtask-docker mount target'; kib=$(du -sk /xtd-mount | cut -f1); echo "xtask-docker-mount $kib KiB"; mkdir -p /xtd-out /xtd-work; whole() { echo "xtask-docker-mount-""whole: $1"; exit 3; }; if [ "$XTD_BASE" = scratch ]; then if [ "$kib" -le 4194304 ]; then cp -a /xtd-mount/. /xtd-out/; fi; else [ "$kib" -le 4194304 ] || whole 'the mount is past its limit'; [ "$(cat /xtd-record/run 2>/dev/null)" = "$XTD_RUN" ] || whole 'the mount was not restored in this run'; cd /xtd-mount || whole 'no mount'; nl=$(printf '\nx'); nl=${nl%x}; [ -z "$(find . -name "*$nl*" -print)" ] || whole 'a file name holds a line break'; { find . -print > /xtd-work/found && LC_ALL=C sort /xtd-work/found > /xtd-work/files; } || whole 'cannot list the files'; [ -z "$(LC_ALL=C comm -23 /xtd-record/files /xtd-work/files)" ] || whole 'a file was deleted since the restore'; { find . -type d -print && find . ! -type d -cnewer /xtd-record/stamp -print; } > /xtd-work/added || whole 'cannot list what changed'; tar -cf /xtd-work/added.tar --no-recursion --no-unquote --verbatim-files-from -T /xtd-work/added && tar -xf /xtd-work/added.tar -C /xtd-out || whole 'cannot copy what changed'; added=$(du -sk /xtd-out | cut -f1); [ $((added * 2)) -le "$kib" ] || [ "$added" -le 1024 ] || whole 'what changed is more than half of the mount'; echo "xtask-docker-mount-added $added KiB"; fi
+        FROM ${XTD_BASE}
         COPY --from=export /xtd-out /
         XTD
         docker push registry.example/acme/service:mount-target-feature-x  # the cache mount `target`: after its export

@@ -250,6 +250,9 @@ pub struct StepFinished<'a> {
     found: Option<bool>,
     /// For restores and exports of cache mounts: the bytes the mount held.
     bytes: Option<u64>,
+    /// For an export on top of the copy a restore read: the bytes it added (`null` for an
+    /// export of the whole mount).
+    added_bytes: Option<u64>,
 }
 
 impl<'a> StepFinished<'a> {
@@ -296,6 +299,7 @@ impl<'a> StepFinished<'a> {
                 _ => None,
             },
             bytes: result.bytes,
+            added_bytes: result.added,
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct MountReport {
     /// Exported: to which image, how many bytes, in how many seconds (the export and its push);
     /// only when the copy reached the registry.
     pub exported: Option<(String, Option<u64>, f64)>,
+    /// What that export added to the copy a restore read, where it was made on top of it.
+    pub added: Option<u64>,
 }
 
 /// The travelling cache mounts of a run, with what was restored and exported of each.
@@ -212,7 +214,8 @@ pub fn mount_reports(plan: &Plan, run: &RunResult) -> Vec<MountReport> {
                 report.restored = Some((m.image.clone(), result.bytes, result.seconds))
             }
             MountKind::Export if ran && (!m.pushes || result.digest.is_some()) => {
-                report.exported = Some((m.image.clone(), result.bytes, result.seconds))
+                report.exported = Some((m.image.clone(), result.bytes, result.seconds));
+                report.added = result.added;
             }
             _ => {}
         }

@@ -49,10 +49,14 @@ pub fn mounts_summary(reports: &[MountReport]) -> String {
     if reports.is_empty() {
         return String::new();
     }
-    let what = |done: &Option<(String, Option<u64>, f64)>| match done {
+    let what = |done: &Option<(String, Option<u64>, f64)>, added: Option<u64>| match done {
         Some((image, bytes, seconds)) => format!(
-            "{} in {seconds:.1}s ({image})",
-            bytes.map_or("?".to_string(), crate::exec::human_bytes)
+            "{}{} in {seconds:.1}s ({image})",
+            bytes.map_or("?".to_string(), crate::exec::human_bytes),
+            added.map_or(String::new(), |added| format!(
+                ", {} of it added on the restored copy",
+                crate::exec::human_bytes(added)
+            ))
         ),
         None => "-".to_string(),
     };
@@ -66,8 +70,8 @@ pub fn mounts_summary(reports: &[MountReport]) -> String {
         rows.push([
             r.package.clone(),
             r.mount.clone(),
-            what(&r.restored),
-            what(&r.exported),
+            what(&r.restored, None),
+            what(&r.exported, r.added),
         ]);
     }
     let widths: Vec<usize> = (0..4)

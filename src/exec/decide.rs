@@ -223,8 +223,10 @@ pub(crate) fn start(step: &Step, known: &Knowledge) -> Start {
 
 /// The base of an export of `mount` (`IMAGE@sha256:...`): the copy a restore of this run read,
 /// where that restore left its record, the copy is in the export's own repository (its layers
-/// are there already), and it has fewer than [`MAX_LAYERS`](crate::plan::MAX_LAYERS) layers
-/// for each of its platforms (as the registry listed them). `None`: the whole mount.
+/// are there already), it is one platform's (as the registry listed it: a copy of several
+/// platforms is exported whole, so that no platform's export can be made on another's copy),
+/// and it has fewer than [`MAX_LAYERS`](crate::plan::MAX_LAYERS) layers. `None`: the whole
+/// mount.
 pub(crate) fn export_base(known: &Knowledge, mount: &MountStep) -> Option<String> {
     if mount.kind != MountKind::Export {
         return None;
@@ -233,12 +235,12 @@ pub(crate) fn export_base(known: &Knowledge, mount: &MountStep) -> Option<String
     if repository(image) != repository(&mount.image) {
         return None;
     }
-    let manifests = match known.registry.get(image) {
-        Some(Ok(Some(manifests))) if !manifests.is_empty() => manifests.len(),
+    match known.registry.get(image) {
+        Some(Ok(Some(manifests))) if manifests.len() == 1 => {}
         _ => return None,
-    };
+    }
     let layers = known.layers.get(image).map_or(0, |l| l.len());
-    (layers > 0 && layers / manifests < crate::plan::MAX_LAYERS).then(|| {
+    (layers > 0 && layers < crate::plan::MAX_LAYERS).then(|| {
         let name = image
             .rsplit_once('@')
             .map_or(image.as_str(), |(name, _)| name);
@@ -638,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn an_export_adds_to_the_copy_a_restore_of_this_run_read_in_its_own_repository_while_it_has_few_layers(
+    fn an_export_adds_to_the_copy_a_restore_of_this_run_read_of_one_platform_in_its_own_repository_with_few_layers(
     ) {
         let export = mount_step(MountKind::Export);
         let Action::Mount(mount) = &export.action else {
@@ -668,10 +670,13 @@ mod tests {
         k.layers
             .insert(read.into(), layers(crate::plan::MAX_LAYERS));
         assert_eq!(export_base(&k, mount), None, "as many layers as allowed");
-        // Two platforms: the layers are counted for each.
+        k.layers
+            .insert(read.into(), layers(crate::plan::MAX_LAYERS - 1));
+        assert!(export_base(&k, mount).is_some(), "one layer fewer");
         k.registry
             .insert(read.into(), manifests(&["sha256:amd64", "sha256:arm64"]));
-        assert!(export_base(&k, mount).is_some());
+        assert_eq!(export_base(&k, mount), None, "a copy of two platforms");
+        k.registry.insert(read.into(), manifests(&["sha256:m"]));
         k.layers.insert(read.into(), BTreeSet::new());
         assert_eq!(export_base(&k, mount), None, "layers unknown");
         k.layers.insert(read.into(), layers(2));

@@ -65,28 +65,34 @@ pub(crate) fn run(
         }
         Action::Mount(mount) if mount.kind == MountKind::Export => {
             let streamed = stream(step, processes, tx);
-            // An export on top of a restored copy that cannot be: the whole mount instead.
-            let text = crate::progress::readable(&streamed.text);
-            let whole = text
-                .lines()
-                .find_map(|line| Some(line[line.find(WHOLE)? + WHOLE.len()..].trim()));
-            match whole {
-                Some(why) if streamed.result.is_err() && !processes.is_cancelled() => {
-                    let _ = tx.send(Msg::Line(
-                        step.id,
-                        format!("exporting the whole cache mount `{}`: {why}", mount.id),
-                    ));
-                    let mut step = step.clone();
-                    step.args = crate::plan::on_scratch(&step.args);
-                    Ran::Streamed(stream(&step, processes, tx))
-                }
-                _ => Ran::Streamed(streamed),
+            let on_base = crate::plan::on_scratch(&step.args) != step.args;
+            if !on_base || streamed.result.is_ok() || processes.is_cancelled() {
+                return finished(step, started, Ran::Streamed(streamed));
             }
+            // An export on top of a restored copy that cannot be (it says why), or that failed
+            // (the copy gone from the registry since the restore, say): the whole mount instead.
+            // A failure of the whole export is then the step's.
+            let text = crate::progress::readable(&streamed.text);
+            let why = text
+                .lines()
+                .find_map(|line| Some(line[line.find(WHOLE)? + WHOLE.len()..].trim()))
+                .unwrap_or("the export on the restored copy failed");
+            let _ = tx.send(Msg::Line(
+                step.id,
+                format!("exporting the whole cache mount `{}`: {why}", mount.id),
+            ));
+            let mut step = step.clone();
+            step.args = crate::plan::on_scratch(&step.args);
+            Ran::Streamed(stream(&step, processes, tx))
         }
         Action::Build(_) | Action::Pull(_) | Action::Mark { .. } | Action::Mount(_) => {
             Ran::Streamed(stream(step, processes, tx))
         }
     };
+    finished(step, started, ran)
+}
+
+fn finished(step: &Step, started: SystemTime, ran: Ran) -> Finished {
     Finished {
         id: step.id,
         started,
@@ -109,4 +115,89 @@ fn stream(
             let _ = tx.send(Msg::Line(step.id, line.to_string()));
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::process::Streamed;
+    use crate::plan::MountStep;
+
+    /// A step that runs `sh -c SCRIPT sh XTD_BASE=...`: the script sees the base as `$1`.
+    fn export(script: &str, base: &str) -> Step {
+        Step {
+            id: 0,
+            package: "svc".into(),
+            action: Action::Mount(MountStep {
+                id: "target".into(),
+                image: "r/x:mount-target-main".into(),
+                kind: MountKind::Export,
+                target: "/app/target".into(),
+                uses: vec![],
+                limit: 1 << 30,
+                best_effort: false,
+                pushes: false,
+            }),
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                script.into(),
+                "sh".into(),
+                format!("XTD_BASE={base}"),
+            ],
+            env: vec![],
+            stdin: None,
+            after: vec![],
+        }
+    }
+
+    fn run_export(step: &Step) -> (Streamed, Vec<String>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let finished = run(step, &Processes::new(), None, &tx);
+        drop(tx);
+        let lines = rx
+            .into_iter()
+            .filter_map(|m| match m {
+                Msg::Line(_, line) => Some(line),
+                _ => None,
+            })
+            .collect();
+        match finished.ran {
+            Ran::Streamed(streamed) => (streamed, lines),
+            Ran::Answered(..) => panic!("an answer"),
+        }
+    }
+
+    #[test]
+    fn an_export_on_a_restored_copy_that_cannot_be_or_failed_exports_the_whole_mount() {
+        let script = format!(
+            "case \"$1\" in XTD_BASE=scratch) echo whole;; *) [ -n \"$WHY\" ] && echo \"{WHOLE}$WHY\"; exit 3;; esac"
+        );
+        let mut step = export(&script, "r/x:mount-target-main@sha256:d");
+        for (why, told) in [
+            (
+                "a file was deleted since the restore",
+                "a file was deleted since the restore",
+            ),
+            ("", "the export on the restored copy failed"),
+        ] {
+            step.env = vec![("WHY".into(), why.into())];
+            let (streamed, lines) = run_export(&step);
+            assert_eq!(streamed.result, Ok(()), "{}", streamed.text);
+            assert_eq!(streamed.text.trim(), "whole");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l == &format!("exporting the whole cache mount `target`: {told}")),
+                "{lines:?}"
+            );
+        }
+        // On scratch already, a failure is the step's own, and nothing is tried again.
+        let (streamed, lines) = run_export(&export("echo once; exit 3", "scratch"));
+        assert!(streamed.result.is_err());
+        assert_eq!(lines, vec!["once".to_string()]);
+        // On a base, a success is the step's.
+        let (streamed, _) = run_export(&export("echo added", "r/x:t@sha256:d"));
+        assert_eq!((streamed.result, streamed.text.trim()), (Ok(()), "added"));
+    }
 }

@@ -21,7 +21,8 @@
 //! restore read, see `exec`). Where that copy cannot be the base (a file was deleted since the
 //! restore, what changed is more than half of the mount, the mount is past its limit), the
 //! build says so and the run exports the whole mount instead; where the image lacks GNU `find`
-//! and `tar`, or the copy has [`MAX_LAYERS`] layers already, it exports the whole mount at once.
+//! and `tar`, the copy is of several platforms or has [`MAX_LAYERS`] layers already, it exports
+//! the whole mount at once.
 //!
 //! Where the builder can push from the build (a builder of its own, or the engine's on the
 //! containerd image store), the export pushes its image itself, its layer compressed with zstd

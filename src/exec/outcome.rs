@@ -186,7 +186,7 @@ pub(crate) fn mount(
             .collect();
         return Outcome::Failed(format!(
             "the {what} of cache mount `{id}` of package `{package}` failed: {message}{}
-note: it runs `sh`, `ls`, `du`, `cut`, `cp`, `stat`, `chown` and `chmod` in the image its stage starts from; an image without them (distroless, scratch) cannot carry the mount: leave it out of `cache-mounts`
+note: it runs `sh`, `ls`, `du`, `cut`, `cp`, `stat`, `chown` and `chmod` (and `find`, `sort`, `touch`, `tar` and `comm` where there) in the image its stage starts from; an image without them (distroless, scratch) cannot carry the mount: leave it out of `cache-mounts`
 command: {}",
             tail.iter().map(|l| format!("
   {l}")).collect::<String>(),

@@ -225,27 +225,40 @@ pub(crate) fn start(step: &Step, known: &Knowledge) -> Start {
 /// where that restore left its record, the copy is in the export's own repository (its layers
 /// are there already), it is one platform's (as the registry listed it: a copy of several
 /// platforms is exported whole, so that no platform's export can be made on another's copy),
-/// and it has fewer than [`MAX_LAYERS`](crate::plan::MAX_LAYERS) layers. `None`: the whole
-/// mount.
-pub(crate) fn export_base(known: &Knowledge, mount: &MountStep) -> Option<String> {
+/// and it has fewer than [`MAX_LAYERS`](crate::plan::MAX_LAYERS) layers. Else why the export
+/// takes the whole mount.
+pub(crate) fn export_base(known: &Knowledge, mount: &MountStep) -> Result<String, String> {
     if mount.kind != MountKind::Export {
-        return None;
+        return Err("not an export".into());
     }
-    let (image, digest) = known.restored_from.get(&mount.id)?;
+    let Some((image, digest)) = known.restored_from.get(&mount.id) else {
+        return Err(if known.restored.contains(&mount.id) {
+            "its restore left no record (the mount was not empty, or the image lacks GNU `find`, `tar` or `comm`), or did not show the copy's digest".into()
+        } else {
+            "no restore of this run copied it in".into()
+        });
+    };
     if repository(image) != repository(&mount.image) {
-        return None;
+        return Err(format!(
+            "the copy it was restored from, `{image}`, is in another repository"
+        ));
     }
     match known.registry.get(image) {
         Some(Ok(Some(manifests))) if manifests.len() == 1 => {}
-        _ => return None,
+        Some(Ok(Some(_))) => return Err(format!("`{image}` is a copy of several platforms")),
+        _ => return Err(format!("the registry's answer for `{image}` is missing")),
     }
     let layers = known.layers.get(image).map_or(0, |l| l.len());
-    (layers > 0 && layers < crate::plan::MAX_LAYERS).then(|| {
-        let name = image
-            .rsplit_once('@')
-            .map_or(image.as_str(), |(name, _)| name);
-        format!("{name}@{digest}")
-    })
+    if layers == 0 {
+        return Err(format!("the registry listed no layer of `{image}`"));
+    }
+    if layers >= crate::plan::MAX_LAYERS {
+        return Err(format!("`{image}` has {layers} layers already"));
+    }
+    let name = image
+        .rsplit_once('@')
+        .map_or(image.as_str(), |(name, _)| name);
+    Ok(format!("{name}@{digest}"))
 }
 
 /// An image reference without its tag or digest.
@@ -650,38 +663,52 @@ mod tests {
         let layers = |n: usize| (0..n).map(|i| format!("sha256:l{i}")).collect();
         let mut k = known(&[], &[(read, manifests(&["sha256:m"]))], Some(&[]));
         k.layers.insert(read.into(), layers(2));
-        assert_eq!(export_base(&k, mount), None, "nothing restored");
+        k.restored.insert("target".into());
+        assert!(export_base(&k, mount)
+            .unwrap_err()
+            .contains("left no record"));
+        k.restored.clear();
+        assert_eq!(
+            export_base(&k, mount),
+            Err("no restore of this run copied it in".into())
+        );
         k.restored_from
             .insert("target".into(), (read.into(), "sha256:d".into()));
         assert_eq!(
             export_base(&k, mount).as_deref(),
-            Some("r/x:mount-target-main@sha256:d")
+            Ok("r/x:mount-target-main@sha256:d")
         );
         let Action::Mount(restore) = &mount_step(MountKind::Restore).action else {
             unreachable!()
         };
-        assert_eq!(export_base(&k, restore), None, "a restore has no base");
+        assert!(export_base(&k, restore).is_err(), "a restore has no base");
         // A feature branch's export on the default branch's copy: the same repository.
         let mut branch = mount.clone();
         branch.image = "r/x:mount-target-feature".into();
-        assert!(export_base(&k, &branch).is_some());
+        assert!(export_base(&k, &branch).is_ok());
         branch.image = "r/other:mount-target-main".into();
-        assert_eq!(export_base(&k, &branch), None, "another repository");
+        assert!(export_base(&k, &branch)
+            .unwrap_err()
+            .contains("another repository"));
         k.layers
             .insert(read.into(), layers(crate::plan::MAX_LAYERS));
-        assert_eq!(export_base(&k, mount), None, "as many layers as allowed");
+        assert!(export_base(&k, mount)
+            .unwrap_err()
+            .contains("5 layers already"));
         k.layers
             .insert(read.into(), layers(crate::plan::MAX_LAYERS - 1));
-        assert!(export_base(&k, mount).is_some(), "one layer fewer");
+        assert!(export_base(&k, mount).is_ok(), "one layer fewer");
         k.registry
             .insert(read.into(), manifests(&["sha256:amd64", "sha256:arm64"]));
-        assert_eq!(export_base(&k, mount), None, "a copy of two platforms");
+        assert!(export_base(&k, mount)
+            .unwrap_err()
+            .contains("several platforms"));
         k.registry.insert(read.into(), manifests(&["sha256:m"]));
         k.layers.insert(read.into(), BTreeSet::new());
-        assert_eq!(export_base(&k, mount), None, "layers unknown");
+        assert!(export_base(&k, mount).unwrap_err().contains("no layer"));
         k.layers.insert(read.into(), layers(2));
         k.registry.insert(read.into(), Err("down".into()));
-        assert_eq!(export_base(&k, mount), None, "the registry did not answer");
+        assert!(export_base(&k, mount).unwrap_err().contains("missing"));
     }
 
     #[test]

@@ -170,6 +170,10 @@ impl Session {
                 match launch {
                     Launch::Run(step) => {
                         listener.started(plan, &step, true);
+                        if let Some(why) = scheduler.whole_export(&step) {
+                            let line = format!("exporting the whole cache mount: {why}");
+                            listener.output(plan, &plan.steps[step.id], &line);
+                        }
                         let (step, processes, tx) = (
                             (*step).into_owned(),
                             self.processes.clone(),

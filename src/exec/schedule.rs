@@ -179,7 +179,7 @@ impl<'p> Scheduler<'p> {
     /// what changed on top of the copy it read (see `plan::mounts`).
     fn as_run(&self, step: &'p Step) -> Cow<'p, Step> {
         let base = match &step.action {
-            Action::Mount(mount) => decide::export_base(&self.known, mount),
+            Action::Mount(mount) => decide::export_base(&self.known, mount).ok(),
             _ => None,
         };
         match base {
@@ -189,6 +189,16 @@ impl<'p> Scheduler<'p> {
                 Cow::Owned(step)
             }
             None => Cow::Borrowed(step),
+        }
+    }
+
+    /// For an export of a cache mount that takes the whole mount, why (the run says so).
+    pub fn whole_export(&self, step: &Step) -> Option<String> {
+        match &step.action {
+            Action::Mount(mount) if mount.kind == MountKind::Export => {
+                decide::export_base(&self.known, mount).err()
+            }
+            _ => None,
         }
     }
 

@@ -71,7 +71,8 @@ fn counter(registry: &testbed::Registry, base: &str, extra: &str) -> PathBuf {
     dir.join("Cargo.toml")
 }
 
-/// What the image `latest` counted.
+/// What the image `latest` holds in `/home/app/result` (what it counted), its words joined by
+/// single spaces.
 fn count(cli: &Path, agent: &testbed::Engine, registry: &testbed::Registry) -> String {
     let image = format!("{}/acme/counter:latest", registry.addr());
     let out = docker(
@@ -94,7 +95,10 @@ fn count(cli: &Path, agent: &testbed::Engine, registry: &testbed::Registry) -> S
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `step-finished` of the mount step of `kind` (`restore`, `export`), the first that ran if
@@ -512,35 +516,6 @@ fn keeper(registry: &testbed::Registry, base: &str, extra: &str) -> PathBuf {
     manifest
 }
 
-/// What the image `latest` of [`keeper`] holds in `/home/app/result`, one line per item.
-fn kept(cli: &Path, agent: &testbed::Engine, registry: &testbed::Registry) -> String {
-    let image = format!("{}/acme/counter:latest", registry.addr());
-    let out = docker(
-        cli,
-        agent,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &image,
-            "cat",
-            "/home/app/result",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The layer digests of the travelling copy `mount-keeper-main`, as the registry serves it.
 fn copy_layers(registry: &testbed::Registry) -> Vec<String> {
     let repo = "acme/counter";
@@ -601,7 +576,7 @@ fn added_on_the_restored_copy(modern: bool, extra: &str) {
         std::fs::write(&input, input_text).unwrap();
         let engine = agent();
         let run = build(cli, &engine, &manifest, &["--branch", "main"]);
-        let result = kept(cli, &engine, &registry);
+        let result = count(cli, &engine, &registry);
         engine.stop();
         let export = mount_step(&run, "export");
         assert_eq!(export["outcome"], "done", "{}", run.stderr);

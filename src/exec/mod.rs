@@ -170,8 +170,7 @@ impl Session {
                 match launch {
                     Launch::Run(step) => {
                         listener.started(plan, &step, true);
-                        if let Some(why) = scheduler.whole_export(&step) {
-                            let line = format!("exporting the whole cache mount: {why}");
+                        if let Some(line) = scheduler.whole_export(&step) {
                             listener.output(plan, &plan.steps[step.id], &line);
                         }
                         let (step, processes, tx) = (

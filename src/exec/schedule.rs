@@ -192,11 +192,13 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    /// For an export of a cache mount that takes the whole mount, why (the run says so).
+    /// For an export of a cache mount that takes the whole mount, the line that says why.
     pub fn whole_export(&self, step: &Step) -> Option<String> {
         match &step.action {
             Action::Mount(mount) if mount.kind == MountKind::Export => {
-                decide::export_base(&self.known, mount).err()
+                decide::export_base(&self.known, mount)
+                    .err()
+                    .map(|why| format!("exporting the whole cache mount `{}`: {why}", mount.id))
             }
             _ => None,
         }

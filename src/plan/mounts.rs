@@ -64,8 +64,8 @@ pub struct MountStep {
 pub const ZSTD_PUSH: &str = "push=true,compression=zstd,compression-level=1,oci-mediatypes=true";
 
 /// The layers a copy may have (its first, the whole mount, and what later exports added) before
-/// an export writes the whole mount again: each layer is downloaded by every restore, files that
-/// changed twice in two of them.
+/// an export writes the whole mount again: every restore downloads each layer, and a file that
+/// changed in two of them twice.
 pub const MAX_LAYERS: usize = 5;
 
 /// The build argument of an export in the plan: its base, `scratch` (the whole mount).

@@ -168,9 +168,9 @@ impl Session {
         loop {
             for launch in scheduler.start_ready(SystemTime::now()) {
                 match launch {
-                    Launch::Run(step) => {
+                    Launch::Run(step, note) => {
                         listener.started(plan, &step, true);
-                        if let Some(line) = scheduler.whole_export(&step) {
+                        if let Some(line) = note {
                             listener.output(plan, &plan.steps[step.id], &line);
                         }
                         let (step, processes, tx) = (

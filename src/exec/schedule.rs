@@ -29,8 +29,9 @@ enum Status {
 #[derive(Debug)]
 pub(crate) enum Launch<'p> {
     /// Run its command: the plan's, or (an export on top of a restored copy) the plan's with
-    /// what the run learned.
-    Run(Box<Cow<'p, Step>>),
+    /// what the run learned; with a line for the run to tell first, if any (why an export takes
+    /// the whole mount).
+    Run(Box<Cow<'p, Step>>, Option<String>),
     /// Nothing to run: it was skipped, with this result.
     Skipped(&'p Step, Box<StepResult>),
 }
@@ -157,7 +158,8 @@ impl<'p> Scheduler<'p> {
                         self.status[id] = Status::Running;
                         self.running += 1;
                         self.busy += usize::from(counts);
-                        launches.push(Launch::Run(Box::new(self.as_run(step))));
+                        let (step, note) = self.as_run(step);
+                        launches.push(Launch::Run(Box::new(step), note));
                     }
                     Start::Skip(why) => {
                         self.status[id] = Status::Ended { ok: true };
@@ -176,31 +178,28 @@ impl<'p> Scheduler<'p> {
     }
 
     /// `step` as it runs: an export of a mount that a restore of this run copied in exports
-    /// what changed on top of the copy it read (see `plan::mounts`).
-    fn as_run(&self, step: &'p Step) -> Cow<'p, Step> {
-        let base = match &step.action {
-            Action::Mount(mount) => decide::export_base(&self.known, mount).ok(),
-            _ => None,
+    /// what changed on top of the copy it read (see `plan::mounts`); an export that takes the
+    /// whole mount comes with the line that says why.
+    fn as_run(&self, step: &'p Step) -> (Cow<'p, Step>, Option<String>) {
+        let Action::Mount(mount) = &step.action else {
+            return (Cow::Borrowed(step), None);
         };
-        match base {
-            Some(base) => {
+        if mount.kind != MountKind::Export {
+            return (Cow::Borrowed(step), None);
+        }
+        match decide::export_base(&self.known, mount) {
+            Ok(base) => {
                 let mut step = step.clone();
                 step.args = crate::plan::on_base(&step.args, &base);
-                Cow::Owned(step)
+                (Cow::Owned(step), None)
             }
-            None => Cow::Borrowed(step),
-        }
-    }
-
-    /// For an export of a cache mount that takes the whole mount, the line that says why.
-    pub fn whole_export(&self, step: &Step) -> Option<String> {
-        match &step.action {
-            Action::Mount(mount) if mount.kind == MountKind::Export => {
-                decide::export_base(&self.known, mount)
-                    .err()
-                    .map(|why| format!("exporting the whole cache mount `{}`: {why}", mount.id))
-            }
-            _ => None,
+            Err(why) => (
+                Cow::Borrowed(step),
+                Some(format!(
+                    "exporting the whole cache mount `{}`: {why}",
+                    mount.id
+                )),
+            ),
         }
     }
 
@@ -500,7 +499,7 @@ COPY --from=compile /out /out
         launches
             .iter()
             .map(|l| match l {
-                Launch::Run(s) => format!("run {}", s.id),
+                Launch::Run(s, _) => format!("run {}", s.id),
                 Launch::Skipped(s, r) => format!("skip {} ({:?})", s.id, r.outcome),
             })
             .collect()
@@ -510,7 +509,7 @@ COPY --from=compile /out /out
         launches
             .iter()
             .filter_map(|l| match l {
-                Launch::Run(s) => Some(s.id),
+                Launch::Run(s, _) => Some(s.id),
                 Launch::Skipped(..) => None,
             })
             .collect()

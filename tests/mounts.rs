@@ -141,27 +141,36 @@ fn build(cli: &Path, agent: &testbed::Engine, manifest: &Path, extra: &[&str]) -
     run
 }
 
+/// The tools for fresh agents of the modern engine, or of the classic one.
+fn engine_tools(modern: bool) -> Option<testbed::Tools> {
+    if modern {
+        testbed::require_modern()
+    } else {
+        testbed::require()
+    }
+}
+
+/// A fresh agent: a new, empty engine, modern or classic.
+fn fresh_agent(tools: &testbed::Tools, modern: bool) -> testbed::Engine {
+    if modern {
+        tools.modern_engine()
+    } else {
+        tools.engine()
+    }
+    .unwrap()
+}
+
 /// Four generations: cold on agent 1; after an edit on fresh agent 2 (restored: the count
 /// goes on); nothing changed, rebuilt on agent 2 (nothing ran: no export); after an edit on
 /// agent 2 again (warm: the older copy in the registry is not restored over it).
 fn generations(cli: &Path, modern: bool, extra: &str) {
-    let tools = if modern {
-        testbed::require_modern()
-    } else {
-        testbed::require()
+    let Some(tools) = engine_tools(modern) else {
+        return;
     };
-    let Some(tools) = tools else { return };
     let registry = tools.registry().unwrap();
     let base = busybox_base(&tools, &registry);
     let manifest = counter(&registry, &base, extra);
-    let agent = || {
-        if modern {
-            tools.modern_engine()
-        } else {
-            tools.engine()
-        }
-        .unwrap()
-    };
+    let agent = || fresh_agent(&tools, modern);
     let input = manifest.with_file_name("src").join("input.txt");
 
     let first = agent();
@@ -553,25 +562,15 @@ fn added_on_the_restored_copy(modern: bool, extra: &str) {
     let Some((_, images)) = testbed::require_rust() else {
         return;
     };
-    let tools = if modern {
-        testbed::require_modern()
-    } else {
-        testbed::require()
+    let Some(tools) = engine_tools(modern) else {
+        return;
     };
-    let Some(tools) = tools else { return };
     let registry = tools.registry().unwrap();
     let base = images.serve(&registry).unwrap().runtime;
     let manifest = keeper(&registry, &base, extra);
     let input = manifest.with_file_name("src").join("input.txt");
     let cli = &tools.cli28;
-    let agent = || {
-        if modern {
-            tools.modern_engine()
-        } else {
-            tools.engine()
-        }
-        .unwrap()
-    };
+    let agent = || fresh_agent(&tools, modern);
     let generation = |input_text: &str| {
         std::fs::write(&input, input_text).unwrap();
         let engine = agent();

@@ -429,7 +429,7 @@ pub(crate) fn verdict(questions: &[(&crate::plan::Inspect, &Answer)]) -> Verdict
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::plan::Inspect;
 
@@ -534,7 +534,8 @@ mod tests {
         assert!(!current(&known(&[], &[], Some(&[]))), "never asked");
     }
 
-    fn mount_step(kind: MountKind) -> Step {
+    /// A mount step of package `svc` for the cache `target`, for tests.
+    pub(in crate::exec) fn mount_step(kind: MountKind) -> Step {
         Step {
             id: 0,
             package: "svc".into(),

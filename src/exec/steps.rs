@@ -121,34 +121,18 @@ fn stream(
 mod tests {
     use super::*;
     use crate::engine::process::Streamed;
-    use crate::plan::MountStep;
 
-    /// A step that runs `sh -c SCRIPT sh XTD_BASE=...`: the script sees the base as `$1`.
+    /// An export that runs `sh -c SCRIPT sh XTD_BASE=...`: the script sees the base as `$1`.
     fn export(script: &str, base: &str) -> Step {
-        Step {
-            id: 0,
-            package: "svc".into(),
-            action: Action::Mount(MountStep {
-                id: "target".into(),
-                image: "r/x:mount-target-main".into(),
-                kind: MountKind::Export,
-                target: "/app/target".into(),
-                uses: vec![],
-                limit: 1 << 30,
-                best_effort: false,
-                pushes: false,
-            }),
-            program: "sh".into(),
-            args: vec![
-                "-c".into(),
-                script.into(),
-                "sh".into(),
-                format!("XTD_BASE={base}"),
-            ],
-            env: vec![],
-            stdin: None,
-            after: vec![],
-        }
+        let mut step = crate::exec::decide::tests::mount_step(MountKind::Export);
+        step.program = "sh".into();
+        step.args = vec![
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            format!("XTD_BASE={base}"),
+        ];
+        step
     }
 
     fn run_export(step: &Step) -> (Streamed, Vec<String>) {

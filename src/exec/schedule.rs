@@ -195,10 +195,7 @@ impl<'p> Scheduler<'p> {
             }
             Err(why) => (
                 Cow::Borrowed(step),
-                Some(format!(
-                    "exporting the whole cache mount `{}`: {why}",
-                    mount.id
-                )),
+                Some(crate::plan::exporting_whole(&mount.id, &why)),
             ),
         }
     }

@@ -79,7 +79,7 @@ pub(crate) fn run(
                 .unwrap_or("the export on the restored copy failed");
             let _ = tx.send(Msg::Line(
                 step.id,
-                format!("exporting the whole cache mount `{}`: {why}", mount.id),
+                crate::plan::exporting_whole(&mount.id, why),
             ));
             let mut step = step.clone();
             step.args = crate::plan::on_scratch(&step.args);

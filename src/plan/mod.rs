@@ -29,8 +29,8 @@ mod shell;
 pub use boundary::{describe as describe_boundary, Boundary};
 pub use marker::may_skip;
 pub use mounts::{
-    on_base, on_scratch, printed_added, printed_size, MountKind, MountStep, COPIED, MAX_LAYERS,
-    MOUNTED, WHOLE,
+    exporting_whole, on_base, on_scratch, printed_added, printed_size, MountKind, MountStep,
+    COPIED, MAX_LAYERS, MOUNTED, WHOLE,
 };
 
 /// What to push.

@@ -80,6 +80,11 @@ pub const WHOLE: &str = "xtask-docker-mount-whole: ";
 /// export needs to add only what changed.
 pub const COPIED: &str = "xtask-docker-mount-copied";
 
+/// The line a run tells where an export of the mount `id` takes the whole mount, and why.
+pub fn exporting_whole(id: &str, why: &str) -> String {
+    format!("exporting the whole cache mount `{id}`: {why}")
+}
+
 /// The argv of an export with its base named `base` (`IMAGE@sha256:...`) instead of `scratch`.
 pub fn on_base(args: &[String], base: &str) -> Vec<String> {
     args.iter()
